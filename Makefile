@@ -1,0 +1,26 @@
+# Set-up on a fresh machine (Python 3.11 + pip): `make test` and `make demo` create .venv and install pinned
+# requirements on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: test demo venv clean
+
+venv: $(BIN)/.installed
+
+$(BIN)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+test: venv
+	$(PY) -m pytest -q tests
+
+demo: venv
+	$(PY) scripts/demo.py
+
+clean:
+	rm -rf demo_out .pytest_cache

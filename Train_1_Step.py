@@ -1,0 +1,45 @@
+"""Train_1_Step: train the teacher (or any preset) on crack images.
+
+    python Train_1_Step.py                                   # the constants below
+    python Train_1_Step.py --epochs=5 --data=DIR --preset=student --out=runs/try
+
+Edit the constants or override any of them as --key=value. Re-running the same command resumes the run in --out.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from crackseg.config import configure  # noqa: E402
+
+# data -----------------------------------------------------------------------------------------------------------
+data = "../shared/datasets"       # one or more dataset roots, comma-separated (CrackForest, DeepCrack, images/+masks/)
+lists = "datasets/splits"         # folder with train.txt / val.txt of sample ids; "none": seeded split
+val_fraction = 0.1                # seeded split only
+seed = 0
+dilate = 0                        # k x k dilation of training labels (0 = off)
+# model ----------------------------------------------------------------------------------------------------------
+preset = "auto"                   # teacher | teacher_cpu | student; auto: teacher with a GPU, teacher_cpu without
+width = None                      # override the preset's width / residual blocks / block type ("MCL", "MCLD")
+blocks = None
+block = None
+# training -------------------------------------------------------------------------------------------------------
+out = "runs/teacher"
+epochs = 100
+batch_size = 4
+crop = 256                        # random square crops (multiple of 4)
+lr = 5e-5                         # the paper's RMSprop rate
+optimizer = "rmsprop"             # rmsprop | adam
+loss = "asymmetric"               # asymmetric (the paper's) | bce_dice
+crack_weight = 200.0              # asymmetric loss weight of the crack channel
+threshold = 0.5
+distance = 2                      # tolerance of the tolerant F1 (Chebyshev pixels)
+lr_patience = 5
+stop_patience = 15
+profile_size = 448                # FLOPs are reported at this input size
+
+config = configure(globals(), __doc__)
+
+from crackseg.train_steps import train_teacher  # noqa: E402  (imports TensorFlow)
+
+if __name__ == "__main__":
+    train_teacher(config)

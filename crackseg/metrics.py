@@ -1,0 +1,140 @@
+"""Crack-class metrics: the numpy reference every tool reports with (no TensorFlow here).
+
+Definitions (crack = probability >= threshold; counts are summed over the dataset, i.e. micro-averaged):
+
+* strict: pixel-exact tp / fp / fn; P = tp/(tp+fp), R = tp/(tp+fn), F1 = 2PR/(P+R), IoU = tp/(tp+fp+fn).
+* tolerant at distance d (Chebyshev, default 2 = a 5x5 square, as the paper's max-pool):
+  tp = predicted crack pixels with a true crack pixel within d, fp = the other predicted crack pixels,
+  fn = true crack pixels with no predicted crack pixel within d; P = tp/(tp+fp),
+  R = (true crack pixels within d of a prediction)/(true crack pixels), IoU = tp/(tp+fp+fn).
+* mIoU: mean of the strict crack IoU and background IoU.
+* ODS F1: the best dataset (strict) F1 over thresholds 0.01..0.99; OIS F1: the mean over images of each
+  image's best strict F1 over the same thresholds.
+
+Empty cases: when an image (or dataset) has neither true nor predicted crack pixels, P = R = F1 = IoU = 1;
+otherwise a ratio whose denominator is 0 is 0.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+THRESHOLDS = np.round(np.arange(1, 100) / 100.0, 2)
+COUNT_KEYS = ("tp", "fp", "fn", "tn", "tol_tp", "tol_fp", "tol_fn", "tol_hit", "truth")
+
+
+def dilate(mask: np.ndarray, distance: int) -> np.ndarray:
+    """Pixels within Chebyshev ``distance`` of a True pixel (a (2d+1)^2 square structuring element)."""
+    if distance <= 0:
+        return mask.astype(bool)
+    kernel = np.ones((2 * distance + 1, 2 * distance + 1), np.uint8)
+    return cv2.dilate(mask.astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+
+
+def counts(pred: np.ndarray, truth: np.ndarray, distance: int = 2) -> dict[str, int]:
+    """Strict and tolerant pixel counts of one image (boolean HxW arrays of equal shape)."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction shape {pred.shape} != truth shape {truth.shape}")
+    near_truth, near_pred = dilate(truth, distance), dilate(pred, distance)
+    tp = int(np.count_nonzero(pred & truth))
+    n_pred, n_truth = int(np.count_nonzero(pred)), int(np.count_nonzero(truth))
+    tol_tp = int(np.count_nonzero(pred & near_truth))
+    tol_hit = int(np.count_nonzero(truth & near_pred))
+    return {"tp": tp, "fp": n_pred - tp, "fn": n_truth - tp, "tn": int(pred.size) - n_pred - n_truth + tp,
+            "tol_tp": tol_tp, "tol_fp": n_pred - tol_tp, "tol_fn": n_truth - tol_hit, "tol_hit": tol_hit,
+            "truth": n_truth}
+
+
+def _ratio(num: float, den: float, nothing_there: bool) -> float:
+    if den > 0:
+        return float(num) / float(den)
+    return 1.0 if nothing_there else 0.0
+
+
+def _f1(p: float, r: float, nothing_there: bool) -> float:
+    if nothing_there:
+        return 1.0
+    return 2 * p * r / (p + r) if p + r > 0 else 0.0
+
+
+def scores(c: dict[str, int]) -> dict[str, dict[str, float] | float]:
+    """Strict and tolerant P / R / F1 / IoU and mIoU from (summed) counts."""
+    empty = c["tp"] + c["fp"] + c["fn"] == 0  # no true and no predicted crack pixels
+    p, r = _ratio(c["tp"], c["tp"] + c["fp"], empty), _ratio(c["tp"], c["tp"] + c["fn"], empty)
+    strict = {"precision": p, "recall": r, "f1": _f1(p, r, empty), "iou": _ratio(c["tp"], c["tp"] + c["fp"] + c["fn"], empty)}
+    tp_ = _ratio(c["tol_tp"], c["tol_tp"] + c["tol_fp"], empty)
+    tr_ = _ratio(c["tol_hit"], c["truth"], empty)
+    tolerant = {"precision": tp_, "recall": tr_, "f1": _f1(tp_, tr_, empty),
+                "iou": _ratio(c["tol_tp"], c["tol_tp"] + c["tol_fp"] + c["tol_fn"], empty)}
+    bg_den = c["tn"] + c["fp"] + c["fn"]
+    miou = (strict["iou"] + _ratio(c["tn"], bg_den, bg_den == 0)) / 2
+    return {"strict": strict, "tolerant": tolerant, "miou": miou}
+
+
+def threshold_counts(prob: np.ndarray, truth: np.ndarray, thresholds: np.ndarray = THRESHOLDS) -> np.ndarray:
+    """Strict (tp, fp, fn) of one image at every threshold, shape (len(thresholds), 3), by sorting once."""
+    prob, truth = np.asarray(prob, np.float32).ravel(), np.asarray(truth, bool).ravel()
+    pos, neg = np.sort(prob[truth]), np.sort(prob[~truth])
+    tp = pos.size - np.searchsorted(pos, thresholds, side="left")  # prob >= threshold
+    fp = neg.size - np.searchsorted(neg, thresholds, side="left")
+    return np.stack([tp, fp, pos.size - tp], axis=1).astype(np.int64)
+
+
+def _f1_from_tpfpfn(t: np.ndarray) -> np.ndarray:
+    tp, fp, fn = t[..., 0].astype(float), t[..., 1].astype(float), t[..., 2].astype(float)
+    den = 2 * tp + fp + fn
+    return np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)  # 2PR/(P+R) == 2tp/(2tp+fp+fn)
+
+
+class MetricAccumulator:
+    """Accumulates images one at a time; ``result()`` is the report every tool prints and writes as JSON."""
+
+    def __init__(self, threshold: float = 0.5, distance: int = 2):
+        self.threshold, self.distance = float(threshold), int(distance)
+        self.total = dict.fromkeys(COUNT_KEYS, 0)
+        self.per_threshold = np.zeros((len(THRESHOLDS), 3), np.int64)
+        self.best_image_f1: list[float] = []
+
+    def update(self, prob: np.ndarray, truth: np.ndarray) -> dict[str, int]:
+        """Add one image: ``prob`` crack probability HxW in [0, 1] (or a binary mask), ``truth`` boolean HxW."""
+        prob, truth = np.asarray(prob, np.float32), np.asarray(truth, bool)
+        if prob.shape != truth.shape:
+            raise ValueError(f"prediction shape {prob.shape} != mask shape {truth.shape}")
+        c = counts(prob >= self.threshold, truth, self.distance)
+        for k in COUNT_KEYS:
+            self.total[k] += c[k]
+        t = threshold_counts(prob, truth)
+        self.per_threshold += t
+        self.best_image_f1.append(float(_f1_from_tpfpfn(t).max()))
+        return c
+
+    def result(self) -> dict:
+        s = scores(self.total)
+        f1_curve = _f1_from_tpfpfn(self.per_threshold)
+        best = int(np.argmax(f1_curve))
+        return {"images": len(self.best_image_f1), "threshold": self.threshold,
+                "strict": s["strict"], "tolerant": {**s["tolerant"], "distance": self.distance},
+                "ods_f1": float(f1_curve[best]), "ods_threshold": float(THRESHOLDS[best]),
+                "ois_f1": float(np.mean(self.best_image_f1)) if self.best_image_f1 else 0.0, "miou": s["miou"]}
+
+
+def evaluate_arrays(probs, truths, threshold: float = 0.5, distance: int = 2) -> dict:
+    """``MetricAccumulator`` over paired sequences of probability maps and masks."""
+    acc = MetricAccumulator(threshold, distance)
+    for p, t in zip(probs, truths, strict=True):
+        acc.update(p, t)
+    return acc.result()
+
+
+def format_report(r: dict) -> str:
+    """A small table of a ``result()`` dict."""
+    rows = [f"images {r['images']}  threshold {r['threshold']:.2f}",
+            f"{'':10s}{'precision':>10s}{'recall':>10s}{'F1':>10s}{'IoU':>10s}"]
+    for name in ("strict", "tolerant"):
+        m = r[name]
+        label = name if name == "strict" else f"tol(d={m['distance']})"
+        rows.append(f"{label:10s}" + "".join(f"{m[k]:10.4f}" for k in ("precision", "recall", "f1", "iou")))
+    rows.append(f"ODS F1 {r['ods_f1']:.4f} (t={r['ods_threshold']:.2f})  OIS F1 {r['ois_f1']:.4f}  "
+                f"mIoU {r['miou']:.4f}" + (f"  {r['fps']:.2f} images/s" if r.get("fps") else ""))
+    return "\n".join(rows)

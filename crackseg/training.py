@@ -1,0 +1,159 @@
+"""The training loop Train_1 and Train_3 share: run folder, callbacks, atomic checkpoints, resume, plots.
+
+A run folder holds ``config.json``, ``last.keras`` (model + optimizer, every epoch), ``best.keras`` (best
+validation score), ``state.json`` (finished epochs, history, callback state), ``log.csv``, ``curves.png``,
+``previews/epoch_NNN.png`` and ``tensorboard/``. Re-running the same command resumes after the last finished epoch.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+
+from .io import atomic_path, atomic_write_json, atomic_write_text
+from .preprocess import prepare
+from .viz import plot_curves, save_image, side_by_side
+
+# Config keys that define the network; resuming with different values would load the wrong model.
+MODEL_KEYS = ("preset", "width", "blocks", "block", "loss", "strategy", "t0", "t1", "t2")
+
+
+def distribution_strategy():
+    """MirroredStrategy over all GPUs when there is more than one, else the default (single device)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def prepare_run(run_dir: str | Path, config: dict) -> tuple[Path, dict | None]:
+    """Create the run folder and write config.json; return the saved state when resuming (else None).
+
+    Refuses (one line) to resume a run whose network-defining settings differ from ``config``.
+    """
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    state_file, config_file = run / "state.json", run / "config.json"
+    state = None
+    if state_file.is_file() and (run / "last.keras").is_file():
+        state = json.loads(state_file.read_text())
+        old = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        clash = [k for k in MODEL_KEYS if k in old and k in config and old[k] != config[k]]
+        if clash:
+            raise SystemExit(f"error: {run} holds a run with different {', '.join(clash)} "
+                             f"({', '.join(f'{k}={old[k]!r}' for k in clash)}); pass another --out")
+    atomic_write_json(config_file, config)
+    return run, state
+
+
+class RunLogger(keras.callbacks.Callback):
+    """After every epoch, in this order: last.keras, best.keras (if improved), state.json, log.csv, curves,
+    preview. Each file is written atomically, so a kill at any moment leaves a resumable run."""
+
+    def __init__(self, run: Path, monitor: str, state: dict | None, callbacks_to_save: list,
+                 preview: tuple[np.ndarray, np.ndarray] | None = None, preview_output: str = "mix"):
+        super().__init__()
+        self.run, self.monitor, self.preview, self.preview_output = run, monitor, preview, preview_output
+        self.history: list[dict] = list(state["history"]) if state else []
+        self.best = state["best"] if state else -np.inf
+        self.saved_callbacks = callbacks_to_save
+        self._start = time.time()
+        if state:  # restore plateau / early-stopping counters
+            for cb, saved in zip(callbacks_to_save, state.get("callbacks", [])):
+                for k, v in saved.items():
+                    setattr(cb, k, v)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        row = {"epoch": epoch + 1, **logs, "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+               "seconds": round(time.time() - self._start, 1)}
+        self.history.append(row)
+        with atomic_path(self.run / "last.keras") as tmp:
+            self.model.save(tmp)
+        score = logs.get(self.monitor, -np.inf)
+        if score > self.best:
+            self.best = score
+            with atomic_path(self.run / "best.keras") as tmp:
+                self.model.save(tmp)
+            print(f"\nepoch {epoch + 1}: {self.monitor} improved to {score:.4f}, saved best.keras")
+        cb_state = [{k: _plain(getattr(cb, k)) for k in ("wait", "best", "cooldown_counter", "stopped_epoch")
+                     if hasattr(cb, k)} for cb in self.saved_callbacks]
+        atomic_write_json(self.run / "state.json", {"epoch": epoch + 1, "best": self.best, "monitor": self.monitor,
+                                                    "history": self.history, "callbacks": cb_state})
+        self._write_csv()
+        plot_curves(self.history, self.run / "curves.png")
+        if self.preview is not None:
+            image, truth = self.preview
+            x, size = prepare(image)
+            prob = self.model(x, training=False)[self.preview_output]
+            prob = keras.ops.convert_to_numpy(prob)[0, : size[0], : size[1], 1]
+            save_image(self.run / "previews" / f"epoch_{epoch + 1:03d}.png", side_by_side(image, truth, prob))
+
+    def _write_csv(self):
+        keys = list(dict.fromkeys(k for row in self.history for k in row))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, keys)
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write_text(self.run / "log.csv", buf.getvalue())
+
+
+def _plain(v):
+    v = keras.ops.convert_to_numpy(v) if hasattr(v, "numpy") or hasattr(v, "shape") else v
+    return float(v) if isinstance(v, (np.floating, np.ndarray, float)) else v
+
+
+def fit(build: Callable[[], keras.Model], train_ds, val_ds, steps_per_epoch: int, run_dir: str | Path,
+        config: dict, *, epochs: int, monitor: str = "val_mix_f1", lr_patience: int = 5, stop_patience: int = 15,
+        preview: tuple[np.ndarray, np.ndarray] | None = None, preview_output: str = "mix",
+        verbose: int | None = None) -> dict:
+    """Train (or resume) a compiled model from ``build()``; returns the final state.
+
+    Callbacks: ReduceLROnPlateau, EarlyStopping and best checkpoint on ``monitor`` (maximised), TensorBoard,
+    a CSV log, curves and per-epoch previews, all through ``RunLogger``.
+    """
+    run, state = prepare_run(run_dir, config)
+    strategy = distribution_strategy()
+    with strategy.scope():
+        if state:
+            model = keras.models.load_model(run / "last.keras")
+            print(f"resuming {run} after epoch {state['epoch']} (best {monitor} {state['best']:.4f})")
+        else:
+            model = build()
+    initial_epoch = state["epoch"] if state else 0
+    if initial_epoch >= epochs:
+        print(f"{run}: already trained {initial_epoch} of {epochs} epochs")
+        return state
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor, mode="max", factor=0.5, patience=lr_patience, min_lr=1e-7,
+                                                verbose=1)
+    stop = keras.callbacks.EarlyStopping(monitor, mode="max", patience=stop_patience, verbose=1)
+    logger = RunLogger(run, monitor, state, [plateau, stop], preview, preview_output)
+    if state and state.get("callbacks") and state["callbacks"][1].get("stopped_epoch"):
+        print(f"{run}: early stopping had already ended this run")
+        return state
+    callbacks = [plateau, stop, keras.callbacks.TensorBoard(str(run / "tensorboard"), write_graph=False), logger]
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+              steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose)
+    return json.loads((run / "state.json").read_text())
+
+
+def compile_model(model: keras.Model, loss, lr: float, optimizer: str = "rmsprop", metrics=None,
+                  loss_weights=None) -> keras.Model:
+    """Compile with RMSprop (the paper's) or Adam; returns the model."""
+    opt = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
+    if optimizer not in opt:
+        raise ValueError(f"optimizer must be one of {sorted(opt)}, got {optimizer!r}")
+    model.compile(optimizer=opt[optimizer](lr), loss=loss, metrics=metrics, loss_weights=loss_weights)
+    return model

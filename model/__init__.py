@@ -1,0 +1,9 @@
+"""The MCFF-L network only: presets, blocks, paths, heads, deploy head and profile."""
+from .layers import AttentionGate, CrackProbability, InstanceNorm, TemperatureSoftmax
+from .network import (HEADS, NUM_CLASSES, PRESETS, Preset, build_logits_model, build_model, deploy_model,
+                      infer_preset, resolve_preset, with_heads)
+from .profile import count_flops, profile
+
+__all__ = ["AttentionGate", "CrackProbability", "InstanceNorm", "TemperatureSoftmax", "HEADS", "NUM_CLASSES",
+           "PRESETS", "Preset", "build_logits_model", "build_model", "deploy_model", "infer_preset",
+           "resolve_preset", "with_heads", "count_flops", "profile"]
