@@ -113,7 +113,11 @@ def configure(namespace: dict, doc: str | None = None, argv: list[str] | None = 
     if "-h" in argv or "--help" in argv:
         print(help_text(defaults, doc))
         raise SystemExit(0)
-    overrides = parse_overrides(argv, defaults)
+    try:
+        overrides = parse_overrides(argv, defaults)
+    except ConfigError as exc:  # SystemExit with an int code prints nothing: say why here
+        print(exc.args[0], file=sys.stderr)
+        raise
     for k, v in overrides.items():
         print(f"override: {k} = {v!r}")
     namespace.update(overrides)

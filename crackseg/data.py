@@ -60,8 +60,9 @@ def read_mask(path: str | Path) -> np.ndarray:
         except Exception as exc:  # scipy raises several types for broken files
             raise DataError(f"{path}: cannot read CrackForest groundTruth/Segmentation ({exc})") from None
         seg = np.asarray(seg)
-        if not set(np.unique(seg).tolist()) <= {0, 1, 2}:
-            raise DataError(f"{path}: Segmentation values {np.unique(seg)[:6].tolist()} are not 1/2 labels")
+        # Region labels: 1 background, 2 crack; a few files carry extra regions (3, 4) that are not crack.
+        if seg.ndim != 2 or not np.issubdtype(seg.dtype, np.integer):
+            raise DataError(f"{path}: Segmentation is not a 2-D integer label map (shape {seg.shape}, {seg.dtype})")
         return seg == 2
     data = np.fromfile(path, np.uint8) if path.is_file() else None
     mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data is not None and data.size else None
@@ -192,16 +193,33 @@ def one_hot(mask):
     return tf.concat([1.0 - crack, crack], axis=-1)
 
 
-def _augment(image, mask, crop: int, seed_pair, jitter: bool):
-    """Random crop (padding first when smaller), flips, 90-degree rotations, colour jitter; uint8 in."""
+def _stack(image, mask, extra=None):
+    """image (3) + mask (1) [+ extra channels] as one float tensor, so every geometric transform hits all alike."""
     import tensorflow as tf
 
-    stacked = tf.concat([tf.cast(image, tf.float32), tf.cast(mask, tf.float32)[..., None]], axis=-1)
+    parts = [tf.cast(image, tf.float32), tf.cast(mask, tf.float32)[..., None]]
+    if extra is not None:
+        parts.append(tf.cast(extra, tf.float32))
+    return tf.concat(parts, axis=-1)
+
+
+def _augment(image, mask, crop: int, seed_pair, jitter: bool, extra=None):
+    """Random crop (padding first when smaller), flips, 90-degree rotations, colour jitter; uint8 in.
+
+    ``extra`` (H, W, C) float channels, e.g. teacher soft labels, get the same crop / flips / rotation as the mask
+    (never the colour jitter) and are returned third.
+    """
+    import tensorflow as tf
+
+    stacked = _stack(image, mask, extra)
     h, w = tf.shape(stacked)[0], tf.shape(stacked)[1]
     ph, pw = tf.maximum(crop - h, 0), tf.maximum(crop - w, 0)
-    stacked = tf.pad(stacked, [[0, ph], [0, pw], [0, 0]], mode="SYMMETRIC")
+    # Mirror at most the image's own size (MirrorPad's limit), then zeros for crops over twice the image.
+    mh, mw = tf.minimum(ph, h), tf.minimum(pw, w)
+    stacked = tf.pad(stacked, [[0, mh], [0, mw], [0, 0]], mode="SYMMETRIC")
+    stacked = tf.pad(stacked, [[0, ph - mh], [0, pw - mw], [0, 0]])
     seeds = tf.random.experimental.stateless_split(seed_pair, 6)
-    stacked = tf.image.stateless_random_crop(stacked, [crop, crop, 4], seed=seeds[0])
+    stacked = tf.image.stateless_random_crop(stacked, [crop, crop, int(stacked.shape[-1])], seed=seeds[0])
     stacked = tf.image.stateless_random_flip_left_right(stacked, seed=seeds[1])
     stacked = tf.image.stateless_random_flip_up_down(stacked, seed=seeds[2])
     k = tf.random.stateless_uniform([], seeds[3], 0, 4, dtype=tf.int32)
@@ -214,6 +232,8 @@ def _augment(image, mask, crop: int, seed_pair, jitter: bool):
         image = tf.image.stateless_random_saturation(image, 0.7, 1.3, seed=s[2])
         image = tf.image.stateless_random_hue(image, 0.04, seed=s[3])
         image = tf.clip_by_value(image, 0.0, 1.0)
+    if extra is not None:
+        return normalize(image * 255.0), one_hot(mask), stacked[..., 4:]
     return normalize(image * 255.0), one_hot(mask)
 
 
@@ -230,9 +250,12 @@ def _generator(images, masks, extra=None):
 
 
 def train_dataset(images: list, masks: list, crop: int = 256, batch_size: int = 4, seed: int = 0,
-                  augment: bool = True, jitter: bool = True):
+                  augment: bool = True, jitter: bool = True, extra: list | None = None):
     """Endless shuffled, augmented batches of ``(image [-1,1] (B,crop,crop,3), one-hot (B,crop,crop,2))``;
     use ``steps_per_epoch(len(images), batch_size)`` steps per epoch.
+
+    ``extra``: optional per-image float arrays (H, W, C) (teacher soft labels); they are cropped, flipped and
+    rotated exactly like image and mask and come third: ``(image, one-hot, extra (B,crop,crop,C))``.
 
     The decoded arrays stay in memory (``cache``); crops and jitter run in parallel and are prefetched.
     Augmentation randomness is stateless, seeded by (seed, sample counter): runs are reproducible.
@@ -242,12 +265,17 @@ def train_dataset(images: list, masks: list, crop: int = 256, batch_size: int = 
     if not images:
         raise DataError("training split is empty")
     n = len(images)
-    ds = _generator(images, masks).cache().shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+    _check_extra(images, extra)
+    ds = _generator(images, masks, extra).cache().shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
     counter = tf.data.Dataset.counter()
-    ds = tf.data.Dataset.zip((ds, counter)).map(
-        lambda pair, i: _augment(pair[0], pair[1], crop, tf.stack([tf.cast(seed, tf.int64), i]), augment and jitter)
-        if augment else _center(pair[0], pair[1], crop),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def transform(item, i):
+        soft = item[2] if extra is not None else None
+        if augment:
+            return _augment(item[0], item[1], crop, tf.stack([tf.cast(seed, tf.int64), i]), jitter, soft)
+        return _center(item[0], item[1], crop, soft)
+
+    ds = tf.data.Dataset.zip((ds, counter)).map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
@@ -256,28 +284,43 @@ def steps_per_epoch(n_images: int, batch_size: int) -> int:
     return max(1, n_images // batch_size)
 
 
-def _center(image, mask, crop: int):
+def _center(image, mask, crop: int, extra=None):
     import tensorflow as tf
 
-    stacked = tf.concat([tf.cast(image, tf.float32), tf.cast(mask, tf.float32)[..., None]], axis=-1)
-    stacked = tf.image.resize_with_crop_or_pad(stacked, crop, crop)
-    return normalize(stacked[..., :3]), one_hot(stacked[..., 3] > 0.5)
+    stacked = tf.image.resize_with_crop_or_pad(_stack(image, mask, extra), crop, crop)
+    return (normalize(stacked[..., :3]), one_hot(stacked[..., 3] > 0.5)) + (
+        (stacked[..., 4:],) if extra is not None else ())
 
 
-def eval_dataset(images: list, masks: list):
-    """Full-size validation images one at a time (sizes differ between datasets): ``(image, one-hot)``."""
+def _check_extra(images: list, extra: list | None) -> None:
+    if extra is None:
+        return
+    if len(extra) != len(images):
+        raise DataError(f"{len(extra)} extra label arrays for {len(images)} images")
+    for i, (image, more) in enumerate(zip(images, extra)):
+        if more.ndim != 3 or more.shape[:2] != image.shape[:2]:
+            raise DataError(f"extra labels of image #{i} have shape {more.shape}; image is {image.shape[:2]}")
+
+
+def eval_dataset(images: list, masks: list, extra: list | None = None):
+    """Full-size validation images one at a time (sizes differ between datasets): ``(image, one-hot)``, or
+    ``(image, one-hot, extra)`` when ``extra`` per-image (H, W, C) float arrays are given."""
     import tensorflow as tf
 
     from .preprocess import MULTIPLE
 
-    def pad(image, mask):
+    _check_extra(images, extra)
+
+    def pad(image, mask, more=None):
         h, w = tf.shape(image)[0], tf.shape(image)[1]
         ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
         image = tf.pad(tf.cast(image, tf.float32), [[0, ph], [0, pw], [0, 0]], mode="SYMMETRIC")
         mask = tf.pad(mask, [[0, ph], [0, pw]])
-        return normalize(image), one_hot(mask)
+        if more is None:
+            return normalize(image), one_hot(mask)
+        return normalize(image), one_hot(mask), tf.pad(more, [[0, ph], [0, pw], [0, 0]], mode="SYMMETRIC")
 
-    return _generator(images, masks).cache().map(pad).batch(1).prefetch(2)
+    return _generator(images, masks, extra).cache().map(pad).batch(1).prefetch(2)
 
 
 # ---------------------------------------------------------------------------------------------- for the scripts

@@ -52,3 +52,182 @@ def train_teacher(config: dict) -> dict:
                 stop_patience=config["stop_patience"], preview=preview, preview_output="mix")
     print(f"best val_mix_f1 {state['best']:.4f}; teacher: {Path(config['out']) / 'best.keras'}")
     return state
+
+
+# ---------------------------------------------------------------------------------------------- Train_2 and Train_3
+import numpy as np  # noqa: E402
+
+
+def load_keras_model(path: str | Path) -> keras.Model:
+    """A saved .keras model (custom layers, losses and metrics registered by importing the package); one line if
+    the file is missing or not a Keras model."""
+    import model  # noqa: F401  (registers the network's custom layers)
+
+    from . import keras_metrics, losses  # noqa: F401  (register the training objects saved with checkpoints)
+
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"error: {path}: model file not found")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises ValueError, OSError, zipfile errors... for a bad file
+        raise SystemExit(f"error: {path}: cannot load Keras model ({type(exc).__name__}: {exc})") from None
+
+
+def logits_model_of(trained: keras.Model) -> keras.Model:
+    """The size-agnostic logits network of a trained MCFF-L model (any heads), weights copied by layer name."""
+    from model import build_logits_model, infer_preset
+
+    fresh = build_logits_model(infer_preset(trained), input_size=None)
+    source = {layer.name: layer for layer in trained.layers}
+    for layer in fresh.layers:
+        if layer.weights:
+            layer.set_weights(source[layer.name].get_weights())
+    return fresh
+
+
+def make_soft_labels(config: dict) -> list[dict]:
+    """Train_2: the teacher's four heads softened at T, written per split (resumable, refusing stale labels)."""
+    from .data import load_split, read_image
+    from .distill import HEADS as STORED_HEADS, LabelError, write_split
+    from .io import sha256
+    from .preprocess import prepare
+
+    teacher_path = Path(config["teacher"])
+    try:
+        teacher_logits = logits_model_of(load_keras_model(teacher_path))  # outputs in model.HEADS order
+    except ValueError as exc:  # not an MCFF-L network
+        raise SystemExit(f"error: {teacher_path}: {exc}") from None
+    teacher_sha = sha256(teacher_path)
+    splits = load_split(config["data"], _lists(config["lists"]), config["val_fraction"], config["seed"])
+
+    def predict_logits(image: np.ndarray) -> dict[str, np.ndarray]:
+        x, _ = prepare(image)  # padded to a multiple of 4; write_split crops the logits back
+        outs = teacher_logits(x, training=False)
+        return {h: keras.ops.convert_to_numpy(o) for h, o in zip(STORED_HEADS, outs)}
+
+    reports = []
+    for split in config["splits"]:
+        if split not in splits:
+            raise SystemExit(f"error: --splits: unknown split {split!r}; choose from {tuple(splits)}")
+        if not splits[split]:
+            print(f"{split}: no images in this split, skipped")
+            continue
+        try:
+            report = write_split(predict_logits, splits[split], read_image, config["out"], split, teacher_path,
+                                 teacher_sha, config["temperature"], config["rebuild"])
+        except LabelError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        print(f"{split}: {report['written']} written, {report['skipped']} already there -> {report['dir']}")
+        reports.append(report)
+    return reports
+
+
+def predict_crack(deployed: keras.Model, image: np.ndarray) -> np.ndarray:
+    """Crack probability (H, W) float32 of one RGB uint8 image through a one-output deployable Keras model."""
+    from .preprocess import crop_back, prepare
+
+    x, size = prepare(image)
+    return crop_back(keras.ops.convert_to_numpy(deployed(x, training=False)), size)[0].astype(np.float32)
+
+
+def choose_threshold(deployed: keras.Model, images: list, masks: list, distance: int = 2) -> dict:
+    """Validation report of ``deployed`` at the threshold with the best dataset F1 (ODS)."""
+    from .metrics import MetricAccumulator
+
+    probs = [predict_crack(deployed, image) for image in images]
+    sweep = MetricAccumulator(0.5, distance)
+    for prob, mask in zip(probs, masks):
+        sweep.update(prob, mask)
+    at_best = MetricAccumulator(sweep.result()["ods_threshold"], distance)
+    for prob, mask in zip(probs, masks):
+        at_best.update(prob, mask)
+    return at_best.result()
+
+
+def train_student(config: dict) -> dict:
+    """Train_3: the student on five outputs (h, x, y, mix at T1 + real = mix at T2), best by val_real_f1, then the
+    deployable student (mix head at T2 only) + its model card with the ODS threshold from validation."""
+    from dataclasses import asdict
+
+    from model import build_logits_model, deploy_model, infer_preset, with_heads
+
+    from .card import model_facts, write_card
+    from .distill import LabelError, kd_losses, kd_targets, load_split_labels, resolve_strategy, student_heads
+    from .io import atomic_path
+    from .metrics import format_report
+
+    try:
+        kd = resolve_strategy(config["strategy"], config["t0"], config["t1"], config["t2"])
+    except ValueError as exc:
+        raise SystemExit(f"error: --strategy/--t0/--t1/--t2: {exc}") from None
+    t0, t1, t2 = kd["t0"], kd["t1"], kd["t2"]
+    config = {**config, "t0": t0, "t1": t1, "t2": t2}  # resolved, so resume checks compare real temperatures
+    arrays = load_training_data(config["data"], _lists(config["lists"]), config["val_fraction"], config["seed"],
+                                config["dilate"])
+    splits = arrays["splits"]
+    train_soft = val_soft = None
+    teacher = None
+    if kd["distill"]:
+        try:
+            train_soft, manifest = load_split_labels(config["labels"], "train", splits["train"], t1)
+            val_soft, _ = load_split_labels(config["labels"], "val", splits["val"], t1, manifest["teacher_sha256"])
+        except LabelError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        teacher = {"path": manifest["teacher"], "sha256": manifest["teacher_sha256"], "labels": str(config["labels"])}
+        print(f"soft labels at T={t1:g} from teacher {manifest['teacher']} ({manifest['teacher_sha256'][:12]})")
+    print(f"strategy {kd['strategy']}: T0={t0:g} T1={t1:g} T2={t2:g}, alpha={config['alpha']}")
+    # Same seed, same initial weights: a KD run and its no-teacher baseline differ only in their targets.
+    keras.utils.set_random_seed(config["seed"])
+    overrides = {k: config[k] for k in ("width", "blocks", "block")}
+
+    def build() -> keras.Model:
+        student = with_heads(build_logits_model(config["preset"], input_size=None, **overrides),
+                             student_heads(t1, t2))
+        losses, weights = kd_losses(config["loss"], config["crack_weight"], config["alpha"], t1,
+                                    config["t1_squared"])
+        return compile_model(student, losses, config["lr"], config["optimizer"], loss_weights=weights,
+                             metrics={"real": crack_metrics(config["threshold"], config["distance"])})
+
+    print(format_profile(profile(build_model(config["preset"], config["profile_size"], **overrides),
+                                 config["profile_size"])))
+    if kd["distill"]:
+        to_targets = lambda x, y, soft: (x, kd_targets(y, soft, t0))  # noqa: E731
+    else:
+        to_targets = lambda x, y: (x, kd_targets(y, None, t0))  # noqa: E731
+    train = train_dataset(*arrays["train"], crop=config["crop"], batch_size=config["batch_size"],
+                          seed=config["seed"], extra=train_soft).map(to_targets)
+    val = eval_dataset(*arrays["val"], extra=val_soft).map(to_targets)
+    preview = (arrays["val"][0][0], arrays["val"][1][0])
+    state = fit(build, train, val, steps_per_epoch(len(arrays["train"][0]), config["batch_size"]), config["out"],
+                config, epochs=config["epochs"], monitor="val_real_f1", lr_patience=config["lr_patience"],
+                stop_patience=config["stop_patience"], preview=preview, preview_output="real")
+    run = Path(config["out"])
+    print(f"best val_real_f1 {state['best']:.4f}; student run: {run / 'best.keras'}")
+
+    best = load_keras_model(run / "best.keras")
+    deployed = deploy_model(best, head="mix", temperature=t2)
+    deploy_path = Path(config["deploy"])
+    with atomic_path(deploy_path) as tmp:
+        deployed.save(tmp)
+    report = choose_threshold(deployed, *arrays["val"], distance=config["distance"])
+    print("validation at the ODS threshold:\n" + format_report(report))
+    lists = _lists(config["lists"])
+    info = {
+        "kind": "MCFF-L student, mix head only", "output": "crack probability (N, H, W, 1)",
+        "input": "RGB, scaled to [-1, 1], H and W padded to multiples of 4 (crackseg.preprocess.prepare)",
+        **model_facts(deployed, config["profile_size"]),
+        "preset": config["preset"], "architecture": asdict(infer_preset(best)),
+        "strategy": kd["strategy"], "t0": t0, "t1": t1, "t2": t2, "alpha": config["alpha"],
+        "soft_loss_scale": t1 ** 2 if config["t1_squared"] else 1.0, "loss": config["loss"],
+        "teacher": teacher, "data": config["data"],
+        "splits": ({s: str(Path(lists, f"{s}.txt")) for s in ("train", "val")} if lists
+                   else f"seeded split: val_fraction={config['val_fraction']}, seed={config['seed']}"),
+        "images": {s: len(v) for s, v in splits.items()},
+        "threshold": report["ods_threshold"],
+        "validation": {k: report[k] for k in ("images", "strict", "tolerant", "ods_f1", "ois_f1", "miou")},
+        "run": str(run), "epochs": state["epoch"], "best_val_real_f1": state["best"],
+    }
+    card = write_card(deploy_path, info)
+    print(f"deployable student: {deploy_path} (threshold {report['ods_threshold']:.2f}), card {card}")
+    return {**state, "deploy": str(deploy_path), "card": str(card), "validation": report}

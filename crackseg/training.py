@@ -11,6 +11,7 @@ import io
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -54,8 +55,9 @@ def prepare_run(run_dir: str | Path, config: dict) -> tuple[Path, dict | None]:
 
 
 class RunLogger(keras.callbacks.Callback):
-    """After every epoch, in this order: last.keras, best.keras (if improved), state.json, log.csv, curves,
-    preview. Each file is written atomically, so a kill at any moment leaves a resumable run."""
+    """After every epoch, in this order: last.keras, best.keras (if improved), log.csv, curves, preview, and
+    state.json last: it marks the epoch finished only once all its files are there. Each file is written
+    atomically, so a kill at any moment leaves a resumable run."""
 
     def __init__(self, run: Path, monitor: str, state: dict | None, callbacks_to_save: list,
                  preview: tuple[np.ndarray, np.ndarray] | None = None, preview_output: str = "mix"):
@@ -65,10 +67,14 @@ class RunLogger(keras.callbacks.Callback):
         self.best = state["best"] if state else -np.inf
         self.saved_callbacks = callbacks_to_save
         self._start = time.time()
-        if state:  # restore plateau / early-stopping counters
-            for cb, saved in zip(callbacks_to_save, state.get("callbacks", [])):
-                for k, v in saved.items():
-                    setattr(cb, k, v)
+        self._saved_state = list(state.get("callbacks", [])) if state else []
+
+    def on_train_begin(self, logs=None):
+        # Restore plateau / early-stopping counters here, not in __init__: their own on_train_begin resets them,
+        # and this logger comes after them in the callback list.
+        for cb, saved in zip(self.saved_callbacks, self._saved_state):
+            for k, v in saved.items():
+                setattr(cb, k, v)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.time()
@@ -86,10 +92,6 @@ class RunLogger(keras.callbacks.Callback):
             with atomic_path(self.run / "best.keras") as tmp:
                 self.model.save(tmp)
             print(f"\nepoch {epoch + 1}: {self.monitor} improved to {score:.4f}, saved best.keras")
-        cb_state = [{k: _plain(getattr(cb, k)) for k in ("wait", "best", "cooldown_counter", "stopped_epoch")
-                     if hasattr(cb, k)} for cb in self.saved_callbacks]
-        atomic_write_json(self.run / "state.json", {"epoch": epoch + 1, "best": self.best, "monitor": self.monitor,
-                                                    "history": self.history, "callbacks": cb_state})
         self._write_csv()
         plot_curves(self.history, self.run / "curves.png")
         if self.preview is not None:
@@ -98,6 +100,10 @@ class RunLogger(keras.callbacks.Callback):
             prob = self.model(x, training=False)[self.preview_output]
             prob = keras.ops.convert_to_numpy(prob)[0, : size[0], : size[1], 1]
             save_image(self.run / "previews" / f"epoch_{epoch + 1:03d}.png", side_by_side(image, truth, prob))
+        cb_state = [{k: _plain(getattr(cb, k)) for k in ("wait", "best", "cooldown_counter", "stopped_epoch")
+                     if hasattr(cb, k)} for cb in self.saved_callbacks]
+        atomic_write_json(self.run / "state.json", {"epoch": epoch + 1, "best": self.best, "monitor": self.monitor,
+                                                    "history": self.history, "callbacks": cb_state})
 
     def _write_csv(self):
         keys = list(dict.fromkeys(k for row in self.history for k in row))
@@ -144,9 +150,25 @@ def fit(build: Callable[[], keras.Model], train_ds, val_ds, steps_per_epoch: int
     callbacks = [plateau, stop, keras.callbacks.TensorBoard(str(run / "tensorboard"), write_graph=False), logger]
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose)
+    with warnings.catch_warnings():
+        # Keras notes that shuffle=True is ignored for a tf.data set (ours shuffles itself), and at the end of each
+        # validation pass that the input "ran out of data": the validation set's length is unknown (from_generator)
+        # so Keras finds its end by running out; every validation image is still evaluated every epoch. For an
+        # endless training set (the normal case) the warning can only come from validation, so it is hidden.
+        warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed", category=UserWarning)
+        if _endless(train_ds):
+            warnings.filterwarnings("ignore", message=r"Your input ran out of data", category=UserWarning)
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose)
     return json.loads((run / "state.json").read_text())
+
+
+def _endless(ds) -> bool:
+    """True for a tf.data set that repeats forever."""
+    try:
+        return int(ds.cardinality()) == -1  # tf.data.INFINITE_CARDINALITY
+    except (AttributeError, TypeError):
+        return False
 
 
 def compile_model(model: keras.Model, loss, lr: float, optimizer: str = "rmsprop", metrics=None,

@@ -19,6 +19,29 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.55, color=CRAC
     return out
 
 
+def draw_text(image: np.ndarray, lines: list[str], scale: float | None = None) -> np.ndarray:
+    """Write ``lines`` at the top left of an RGB image, white on a dark box so they read on any pavement."""
+    out = image.copy()
+    if not lines:
+        return out
+    scale = scale or max(0.35, min(out.shape[:2]) / 900)
+    thickness = 1 if scale < 0.8 else 2
+    sizes = [cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0] for line in lines]
+    pad, step = 4, max(h for _, h in sizes) + 6
+    box_w, box_h = max(w for w, _ in sizes) + 2 * pad, step * len(lines) + pad
+    region = out[:box_h, :box_w]
+    region[:] = (region * 0.4).astype(np.uint8)  # darken instead of a solid box: the frame stays visible
+    for i, line in enumerate(lines):
+        cv2.putText(out, line, (pad, pad + step * (i + 1) - 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                    thickness, cv2.LINE_AA)
+    return out
+
+
+def annotate(image: np.ndarray, mask: np.ndarray, lines: list[str], alpha: float = 0.55) -> np.ndarray:
+    """The camera overlay: crack pixels tinted, then ``lines`` of text (FPS, crack statistics)."""
+    return draw_text(overlay(image, mask, alpha), lines)
+
+
 def side_by_side(image: np.ndarray, truth: np.ndarray, prob: np.ndarray) -> np.ndarray:
     """image | truth | prediction (probability as grey levels), RGB uint8."""
     gray = lambda a: np.repeat((np.clip(a, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)  # noqa: E731

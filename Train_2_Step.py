@@ -1,0 +1,34 @@
+"""Train_2_Step: distillation labels -- the teacher's four heads (h, x, y, mix) softened at temperature T.
+
+    python Train_2_Step.py                                          # the constants below
+    python Train_2_Step.py --teacher=runs/teacher/best.keras --temperature=5 --out=runs/soft_labels_t5
+
+Writes OUT/<split>/<sample id>.npz (float32 crack probability per head) + OUT/<split>/manifest.json for the
+train / val (/ test) splits. Re-running resumes; labels from another teacher or T are refused unless --rebuild.
+Use the same data / lists / val_fraction / seed as Train_1_Step and Train_3_Step.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from crackseg.config import configure  # noqa: E402
+
+# teacher --------------------------------------------------------------------------------------------------------
+teacher = "runs/teacher/best.keras"   # a Train_1_Step checkpoint
+temperature = 10.0                    # T: the paper's settings are 5, 10 and 15; Train_3's T1 must equal it
+# data -----------------------------------------------------------------------------------------------------------
+data = "../shared/datasets"           # one or more dataset roots, comma-separated
+lists = "datasets/splits"             # folder with train.txt / val.txt (/ test.txt); "none": seeded split
+val_fraction = 0.1                    # seeded split only
+seed = 0
+splits = ("train", "val", "test")     # splits without images are skipped
+# output ---------------------------------------------------------------------------------------------------------
+out = "runs/soft_labels"
+rebuild = False                       # replace labels made with another teacher or temperature
+
+config = configure(globals(), __doc__)
+
+from crackseg.train_steps import make_soft_labels  # noqa: E402  (imports TensorFlow)
+
+if __name__ == "__main__":
+    make_soft_labels(config)

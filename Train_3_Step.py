@@ -1,0 +1,60 @@
+"""Train_3_Step: train the student by knowledge distillation from Train_2_Step's soft labels.
+
+    python Train_3_Step.py                                          # the constants below
+    python Train_3_Step.py --strategy=non-isothermal --block=MCLD --out=runs/student_mcld
+    python Train_3_Step.py --strategy=none --out=runs/student_nokd --deploy=weights/student_nokd.keras
+
+Five outputs: h, x, y, mix at T1 (targets: the teacher's soft labels) + real = mix at T2 (target: the ground truth
+at T0); loss = alpha * T1^2 * mean soft loss + (1 - alpha) * real loss.
+Strategies (T0 / T1 / T2): standard 0 / 10 / 1, hyperthermal 10 / 10 / 10, non-isothermal 0 / 10 / 10;
+none = no teacher (the four heads learn the ground truth), the baseline that measures the KD gain.
+Ends by writing the deployable student (mix head at T2 only) and its model card beside it.
+Re-running the same command resumes the run in --out.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from crackseg.config import configure  # noqa: E402
+
+# data -----------------------------------------------------------------------------------------------------------
+data = "../shared/datasets"       # the data, lists, val_fraction and seed Train_2_Step used
+lists = "datasets/splits"         # folder with train.txt / val.txt; "none": seeded split
+val_fraction = 0.1
+seed = 0
+dilate = 0                        # k x k dilation of the training ground truth (0 = off)
+labels = "runs/soft_labels"       # Train_2_Step's --out
+# distillation ---------------------------------------------------------------------------------------------------
+strategy = "standard"             # standard | hyperthermal | non-isothermal | none (no teacher)
+t0 = None                         # None: the strategy's temperatures; a number overrides it
+t1 = None
+t2 = None
+alpha = 0.9                       # weight of the soft (teacher) loss; 1 - alpha goes to the real-label head
+t1_squared = True                 # scale the soft loss by T1^2 (Hinton) so its gradients do not shrink as 1/T1^2
+# model ----------------------------------------------------------------------------------------------------------
+preset = "student"
+width = None                      # override the preset's width / residual blocks / block type ("MCL", "MCLD")
+blocks = None
+block = None
+# training -------------------------------------------------------------------------------------------------------
+out = "runs/student"
+deploy = "weights/student.keras"  # the deployable student; its model card goes beside it (student.json)
+epochs = 100
+batch_size = 4
+crop = 256
+lr = 5e-5
+optimizer = "rmsprop"             # rmsprop | adam
+loss = "asymmetric"               # asymmetric | bce_dice, for every output
+crack_weight = 200.0
+threshold = 0.5                   # for the training logs; the card's threshold is chosen by ODS on validation
+distance = 2
+lr_patience = 5
+stop_patience = 15
+profile_size = 448                # FLOPs are reported (and written to the card) at this input size
+
+config = configure(globals(), __doc__)
+
+from crackseg.train_steps import train_student  # noqa: E402  (imports TensorFlow)
+
+if __name__ == "__main__":
+    train_student(config)

@@ -1,0 +1,250 @@
+"""camera.py: crack segmentation on the edge device, live: overlay, FPS, crack statistics, stream to PC.py.
+
+    python camera.py --source=0 --model=weights/student.engine             # camera 0 on a Jetson (TensorRT)
+    python camera.py --source=road.mp4 --headless --save=out/ --max_frames=100
+    python camera.py --source=rtsp://10.0.0.5/stream --send=tcp://10.0.0.2:5555 --device=truck1 --headless
+    python camera.py --source=photos/ --model=student                      # untrained preset: toolchain check
+
+--source: a camera index, a video file, an RTSP/HTTP(S) URL or a folder of images. --model: .onnx, .engine, .keras or
+a preset; TensorFlow is imported only for the Keras backend. The threshold comes from the model card beside the
+model (student.json) unless --threshold is given. End of file, a disconnected camera and Ctrl+C end cleanly;
+unreadable images in a folder are skipped. --send never blocks the loop: while PC.py is away frames are dropped
+(counted) and the stream resumes when it returns.
+"""
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from crackseg.config import configure  # noqa: E402
+
+source = "0"                      # camera index | video file | rtsp:// http:// URL | folder of images
+model = "weights/student.onnx"    # .onnx | .engine | .keras | preset name (untrained)
+backend = "auto"                  # auto | onnx | tensorrt | keras
+threshold = None                  # None: from the model card (default 0.5)
+max_side = 0                      # shrink frames so the longer side is at most this before inference (0: as read)
+headless = False                  # no window
+save = ""                         # folder for overlay images, or a .mp4 / .avi file for an overlay video
+max_frames = 0                    # stop after this many frames (0: until the source ends)
+fps_limit = 0.0                   # pace the loop to at most this many frames per second (0: as fast as it runs)
+send = ""                         # stream to PC.py, e.g. tcp://192.168.1.10:5555
+device = ""                       # device name in the stream; "" = this host's name
+curve = ""                        # CURVE key folder (client.key_secret + server.key) from PC.py --make_keys
+send_queue = 4                    # frames waiting for the network; the oldest is dropped beyond this
+jpeg_quality = 80
+read_retries = 20                 # failed reads in a row before a camera / URL counts as disconnected
+quiet = False                     # no per-frame line
+
+config = configure(globals(), __doc__)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import zmq  # noqa: E402
+
+from crackseg import viz  # noqa: E402
+from crackseg.data import IMAGE_EXTS, DataError, read_image  # noqa: E402
+from crackseg.engines import EngineError, open_engine  # noqa: E402
+from crackseg.io import atomic_path  # noqa: E402
+from crackseg.measure import crack_stats, format_stats  # noqa: E402
+from crackseg.stream import Sender, device_name, encode_jpeg, make_header  # noqa: E402
+
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov")
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened; one line naming it."""
+
+
+class FrameSource:
+    """Frames as RGB uint8 from a camera index, a video file, a URL or a folder of images."""
+
+    def __init__(self, spec: str, retries: int = 20):
+        self.spec, self.retries, self.skipped = spec, retries, 0
+        self.end_reason = "end of source"
+        self.fps = 0.0
+        path = Path(spec)
+        if spec.isdigit():
+            self.kind, self.capture = "camera", cv2.VideoCapture(int(spec))
+        elif "://" in spec:
+            self.kind, self.capture = "url", cv2.VideoCapture(spec, cv2.CAP_FFMPEG)
+        elif path.is_dir():
+            self.kind, self.capture = "folder", None
+            self.files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+            if not self.files:
+                raise SourceError(f"{spec}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
+            return
+        elif path.is_file():
+            self.kind, self.capture = "video", cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        else:
+            raise SourceError(f"{spec}: not a camera index, URL, video file or image folder")
+        if not self.capture.isOpened():
+            raise SourceError(f"{spec}: cannot open {self.kind}")
+        self.fps = float(self.capture.get(cv2.CAP_PROP_FPS) or 0.0)
+
+    def frames(self):
+        """Yield (name, RGB frame) until the source ends; ``end_reason`` says why it ended."""
+        if self.kind == "folder":
+            for path in self.files:
+                try:
+                    yield path.stem, read_image(path)
+                except DataError as exc:
+                    self.skipped += 1
+                    print(f"skip: {exc}", flush=True)
+            return
+        failures, index = 0, 0
+        while True:
+            ok, frame = self.capture.read()
+            if ok and frame is not None and frame.ndim == 3 and frame.size:
+                failures = 0
+                yield f"{index:06d}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                index += 1
+                continue
+            if self.kind == "video":  # a file that stops decoding has ended
+                return
+            failures += 1
+            if failures >= self.retries:
+                self.end_reason = f"{self.kind} disconnected ({failures} failed reads in a row)"
+                return
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self.capture is not None:
+            self.capture.release()
+
+
+class OverlaySaver:
+    """Overlay frames into a folder (one atomic JPEG each) or one video file (renamed into place at the end)."""
+
+    def __init__(self, target: str, fps: float):
+        self.target = Path(target)
+        self.is_video = self.target.suffix.lower() in VIDEO_EXTS
+        self.writer, self.fps, self._tmp = None, fps if fps > 0 else 10.0, None
+
+    def write(self, name: str, image: np.ndarray) -> None:
+        if not self.is_video:
+            viz.save_image(self.target / f"{name}.jpg", image)
+            return
+        if self.writer is None:
+            self._context = atomic_path(self.target)
+            self._tmp = self._context.__enter__()
+            fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.target.suffix.lower() == ".avi" else "mp4v"))
+            self.size = (image.shape[1], image.shape[0])
+            self.writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self.size)
+            if not self.writer.isOpened():
+                raise SourceError(f"{self.target}: cannot write this video format")
+        if (image.shape[1], image.shape[0]) != self.size:  # a video has one frame size
+            image = cv2.resize(image, self.size)
+        self.writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            self._context.__exit__(None, None, None)  # renames the finished video into place
+            self.writer = None
+
+
+def open_window() -> bool:
+    """True when a window can be shown (OpenCV with GUI support and a display)."""
+    try:
+        cv2.namedWindow("crack", cv2.WINDOW_NORMAL)
+        return True
+    except cv2.error:
+        print("no display (OpenCV without GUI support, or no $DISPLAY): running headless", flush=True)
+        return False
+
+
+def run() -> int:
+    try:
+        frames = FrameSource(source, read_retries)
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    name = device_name(device or socket.gethostname())
+    try:
+        # Connect before loading the model: the connection is up by the time the first frame is ready.
+        sender = Sender(send, send_queue, curve or None) if send else None
+    except (OSError, ValueError, zmq.ZMQError) as exc:
+        frames.close()
+        print(f"error: --send={send}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        engine = open_engine(model, backend, threshold)
+    except EngineError as exc:
+        frames.close()
+        if sender:
+            sender.close(timeout=0)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"model: {engine.describe()}; source: {frames.kind} {source}; device: {name}", flush=True)
+    saver = OverlaySaver(save, frames.fps) if save else None
+    show = not headless and open_window()
+    count, fps, started, last, status = 0, 0.0, time.monotonic(), time.monotonic(), 0
+    try:
+        for frame_name, frame in frames.frames():
+            if max_side and max(frame.shape[:2]) > max_side:
+                scale = max_side / max(frame.shape[:2])
+                frame = cv2.resize(frame, (round(frame.shape[1] * scale), round(frame.shape[0] * scale)),
+                                   interpolation=cv2.INTER_AREA)
+            t0 = time.perf_counter()
+            mask = engine.mask(engine.predict(frame))
+            infer_ms = (time.perf_counter() - t0) * 1000
+            stats = crack_stats(mask)
+            out = viz.annotate(frame, mask, [f"{engine.name} [{engine.backend}] {fps:.1f} FPS", format_stats(stats)])
+            if saver:
+                saver.write(frame_name if frames.kind == "folder" else f"{count:06d}", out)
+            if sender:
+                numbers = {"crack_ratio": stats["crack_ratio"], "length_px": stats["length_px"],
+                           "max_width_px": stats["max_width_px"], "components": stats["components"],
+                           "fps": fps, "infer_ms": infer_ms}
+                header = make_header(name, count, out.shape[1], out.shape[0], numbers, engine.name)
+                sender.send(header, encode_jpeg(out, jpeg_quality))
+            stop = False
+            if show:
+                cv2.imshow("crack", cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+                stop = cv2.waitKey(1) & 0xFF in (27, ord("q"))
+            if fps_limit > 0:
+                time.sleep(max(0.0, 1.0 / fps_limit - (time.monotonic() - last)))
+            now = time.monotonic()
+            fps = 1.0 / max(now - last, 1e-6) if count == 0 else 0.9 * fps + 0.1 / max(now - last, 1e-6)
+            last = now
+            if not quiet:
+                print(f"frame {count} {frame_name}: {format_stats(stats)}  {infer_ms:.0f} ms  {fps:.1f} FPS"
+                      + (f"  sent {sender.sent} dropped {sender.dropped}" if sender else ""), flush=True)
+            count += 1
+            if stop:
+                frames.end_reason = "stopped from the window"
+                break
+            if max_frames and count >= max_frames:
+                frames.end_reason = f"--max_frames={max_frames} reached"
+                break
+    except KeyboardInterrupt:
+        frames.end_reason = "interrupted"
+    except (EngineError, SourceError) as exc:
+        frames.end_reason, status = f"error: {exc}", 1
+    finally:
+        frames.close()
+        if saver:
+            saver.close()
+        if sender:
+            sender.close()
+        engine.close()
+        if show:
+            cv2.destroyAllWindows()
+    elapsed = max(time.monotonic() - started, 1e-6)
+    print(f"done: {count} frames in {elapsed:.1f} s ({count / elapsed:.2f} FPS); {frames.end_reason}"
+          + (f"; {frames.skipped} unreadable skipped" if frames.skipped else "")
+          + (f"; sent {sender.sent}, dropped {sender.dropped}" if sender else ""), flush=True)
+    return status
+
+
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends like Ctrl+C: the video and the sender are closed properly
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop)
+    sys.exit(run())

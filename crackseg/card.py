@@ -1,0 +1,59 @@
+"""Model cards: a JSON file beside each deployable model, ``weights/student.keras`` <-> ``weights/student.json``.
+
+The card says what the file is (sha256, params, FLOPs, preset), how it was made (data, splits, strategy, T0/T1/T2,
+alpha) and how to use it (the threshold chosen by ODS F1 on validation, and the validation metrics there).
+No TensorFlow here: the edge side reads cards too.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .io import atomic_write_json, sha256
+
+
+class CardError(ValueError):
+    """A missing, unreadable or mismatched model card; the message names the file."""
+
+
+def card_path(model_path: str | Path) -> Path:
+    """``<stem>.json`` beside the model file."""
+    model_path = Path(model_path)
+    return model_path.with_name(f"{model_path.stem}.json")
+
+
+def write_card(model_path: str | Path, info: dict) -> Path:
+    """Write the card of ``model_path`` atomically: ``info`` plus the file's name, sha256 and the creation time."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise CardError(f"{model_path}: model file not found; write the model before its card")
+    card = {"model": model_path.name, "sha256": sha256(model_path), **info,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    path = card_path(model_path)
+    atomic_write_json(path, card)
+    return path
+
+
+def read_card(model_path: str | Path, verify: bool = False) -> dict:
+    """The card beside ``model_path``; with ``verify`` also check the model file's sha256 against it."""
+    path = card_path(model_path)
+    if not path.is_file():
+        raise CardError(f"{path}: no model card beside {Path(model_path).name}")
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CardError(f"{path}: unreadable model card ({exc})") from None
+    if not isinstance(card, dict):
+        raise CardError(f"{path}: a model card is a JSON object")
+    if verify and card.get("sha256") != sha256(model_path):
+        raise CardError(f"{path}: sha256 does not match {Path(model_path).name} (the model changed after its card)")
+    return card
+
+
+def model_facts(model, input_size: int = 448) -> dict:
+    """Parameters and GFLOPs (TensorFlow's profiler, batch 1, ``input_size`` square) of a Keras model."""
+    from model.profile import count_flops
+
+    return {"params": int(model.count_params()), "gflops": round(count_flops(model, input_size) / 1e9, 3),
+            "flops_input_size": input_size}

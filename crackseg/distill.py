@@ -1,0 +1,273 @@
+"""Knowledge distillation: temperature softening, the soft-label store and the KD targets / losses per strategy.
+
+Soft-label store (written by Train_2_Step, read by Train_3_Step)::
+
+    LABELS/<split>/manifest.json          teacher path + sha256, T, split, heads, image ids, creation time
+    LABELS/<split>/<sample id>.npz        ``crack``: float32 (H, W, 4), crack probability of heads h, x, y, mix
+
+Why float32 in a compressed ``.npz``: the seed stored 8-bit PNGs (error up to 2e-3), and float16 is still too coarse
+near 1 (spacing 4.9e-4); float32 is exactly what the teacher computed. Only the crack channel is stored because a
+two-class softmax's background channel is ``1 - crack`` (rebuilt to within 1e-7). Every file is written atomically,
+so a file that exists is complete: a rerun skips it (resume). Labels made with another teacher or temperature are
+refused unless the caller asks to rebuild them.
+
+Strategies (the paper's; T0 softens the ground truth, T1 the teacher labels and the student's four soft heads, T2 the
+student's ``real`` head = mix at T2, trained on the ground truth)::
+
+    standard        T0 = 0 (hard)  T1 = 10  T2 = 1
+    hyperthermal    T0 = 10        T1 = 10  T2 = 10
+    non-isothermal  T0 = 0 (hard)  T1 = 10  T2 = 10
+    none            T0 = 0 (hard)  T1 = 1   T2 = 1    no teacher: the four heads learn the ground truth instead
+
+TensorFlow / Keras are imported only by the functions that build tensors or losses.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .io import atomic_path, atomic_write_json
+
+HEADS = ("h", "x", "y", "mix")  # the order of the stored channels (model.HEADS, without importing Keras)
+REAL = "real"  # the student's real-label head: mix at T2
+STRATEGIES: dict[str, tuple[float, float, float]] = {
+    "standard": (0.0, 10.0, 1.0),
+    "hyperthermal": (10.0, 10.0, 10.0),
+    "non-isothermal": (0.0, 10.0, 10.0),
+    "none": (0.0, 1.0, 1.0),
+}
+LABEL_FORMAT = "crackseg-soft-labels/1"
+MANIFEST = "manifest.json"
+
+
+class LabelError(ValueError):
+    """Soft labels that are missing, stale or unreadable; the message names the file."""
+
+
+# ---------------------------------------------------------------------------------------------- temperature
+def soften(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(logits / T)`` over the last axis, in float32 (numerically stable)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = np.asarray(logits, np.float64) / float(temperature)
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def soften_ground_truth(one_hot, t0: float):
+    """Ground truth at T0 (tensor op): T0 = 0 keeps the hard one-hot labels, T0 > 0 gives softmax(one_hot / T0)."""
+    import tensorflow as tf
+
+    one_hot = tf.cast(one_hot, tf.float32)
+    return one_hot if t0 == 0 else tf.nn.softmax(one_hot / float(t0), axis=-1)
+
+
+def resolve_strategy(strategy: str, t0: float | None = None, t1: float | None = None,
+                     t2: float | None = None) -> dict:
+    """``{"strategy", "t0", "t1", "t2", "distill"}`` from the table, any temperature given explicitly winning."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
+    base = STRATEGIES[strategy]
+    temps = [float(b if v is None else v) for v, b in zip((t0, t1, t2), base)]
+    if temps[0] < 0 or temps[1] <= 0 or temps[2] <= 0:
+        raise ValueError(f"need T0 >= 0, T1 > 0, T2 > 0; got T0={temps[0]}, T1={temps[1]}, T2={temps[2]}")
+    return {"strategy": strategy, "t0": temps[0], "t1": temps[1], "t2": temps[2], "distill": strategy != "none"}
+
+
+# ---------------------------------------------------------------------------------------------- label files
+def label_path(split_dir: str | Path, sample_id: str) -> Path:
+    """``<split_dir>/<id>.npz``; the id keeps its extension (``11111.jpg.npz``) so ids never collide."""
+    if Path(sample_id).is_absolute() or ".." in Path(sample_id).parts:
+        raise LabelError(f"sample id {sample_id!r} would leave the label folder")
+    return Path(split_dir) / f"{sample_id}.npz"
+
+
+def write_soft_label(path: str | Path, crack: np.ndarray) -> None:
+    """Store (H, W, 4) crack probabilities of heads h, x, y, mix as float32 in a compressed .npz, atomically."""
+    crack = np.asarray(crack)
+    if crack.ndim != 3 or crack.shape[-1] != len(HEADS):
+        raise ValueError(f"soft label must be (H, W, {len(HEADS)}), got {crack.shape}")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # an open file, so numpy cannot append a second ".npz"
+            np.savez_compressed(f, crack=crack.astype(np.float32))
+
+
+def read_soft_label(path: str | Path) -> np.ndarray:
+    """(H, W, 4) float32 crack probabilities of heads h, x, y, mix."""
+    try:
+        with np.load(path) as data:
+            crack = data["crack"]
+    except FileNotFoundError:
+        raise LabelError(f"{path}: soft label missing (run Train_2_Step.py for this split)") from None
+    except Exception as exc:  # zip / pickle / key errors all mean the same thing here
+        raise LabelError(f"{path}: unreadable soft label ({exc})") from None
+    if crack.ndim != 3 or crack.shape[-1] != len(HEADS) or crack.dtype != np.float32:
+        raise LabelError(f"{path}: soft label has shape {crack.shape} {crack.dtype}; expected (H, W, 4) float32")
+    return crack
+
+
+def two_class(crack: np.ndarray) -> np.ndarray:
+    """(..., 4) crack probabilities -> (..., 4, 2) [background, crack] per head."""
+    crack = np.asarray(crack, np.float32)
+    return np.stack([1.0 - crack, crack], axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+def read_manifest(split_dir: str | Path) -> dict | None:
+    path = Path(split_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    import json
+
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LabelError(f"{path}: unreadable manifest ({exc})") from None
+    if manifest.get("format") != LABEL_FORMAT:
+        raise LabelError(f"{path}: not a soft-label manifest of format {LABEL_FORMAT!r}")
+    return manifest
+
+
+def _same_source(manifest: dict, teacher_sha256: str, temperature: float) -> bool:
+    return manifest["teacher_sha256"] == teacher_sha256 and float(manifest["temperature"]) == float(temperature)
+
+
+def open_split(labels_dir: str | Path, split: str, teacher: str | Path, teacher_sha256: str, temperature: float,
+               ids: list[str], rebuild: bool = False) -> Path:
+    """Prepare ``labels_dir/split`` for writing and (re)write its manifest; return the folder.
+
+    Labels already there from the same teacher file (by hash) and T are kept (resume). Labels from another teacher
+    or T raise ``LabelError`` unless ``rebuild``, which deletes them first.
+    """
+    split_dir = Path(labels_dir) / split
+    old = read_manifest(split_dir)
+    if old is not None and not _same_source(old, teacher_sha256, temperature):
+        if not rebuild:
+            raise LabelError(
+                f"{split_dir}: labels were made by teacher {old['teacher_sha256'][:12]} ({old.get('teacher')}) at "
+                f"T={old['temperature']:g}, not teacher {teacher_sha256[:12]} ({teacher}) at T={temperature:g}; "
+                f"pass --rebuild to replace them or choose another --out")
+        for stale in split_dir.rglob("*.npz"):
+            stale.unlink()
+        old = None
+    created = old["created"] if old else time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    atomic_write_json(split_dir / MANIFEST, {
+        "format": LABEL_FORMAT, "teacher": str(teacher), "teacher_sha256": teacher_sha256,
+        "temperature": float(temperature), "split": split, "heads": list(HEADS),
+        "storage": "npz, key 'crack', float32 (H, W, 4) crack probability per head; background = 1 - crack",
+        "images": list(ids), "created": created, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return split_dir
+
+
+def pending(split_dir: str | Path, ids: Iterable[str]) -> list[str]:
+    """Ids whose label file is not written yet (writes are atomic, so an existing file is complete)."""
+    return [i for i in ids if not label_path(split_dir, i).is_file()]
+
+
+def head_probabilities(logits: dict[str, np.ndarray], temperature: float, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 4) crack probability of each head at T, from per-head (1, H', W', 2) or (H', W', 2) logits cropped
+    back to ``size`` (undoing the pad to a multiple of 4)."""
+    h, w = size
+    planes = []
+    for head in HEADS:
+        z = np.asarray(logits[head])
+        z = z[0] if z.ndim == 4 else z
+        planes.append(soften(z[:h, :w], temperature)[..., 1])
+    return np.stack(planes, axis=-1)
+
+
+def write_split(predict_logits: Callable[[np.ndarray], dict[str, np.ndarray]], samples: list,
+                read_image: Callable, labels_dir: str | Path, split: str, teacher: str | Path,
+                teacher_sha256: str, temperature: float, rebuild: bool = False, progress: bool = True) -> dict:
+    """Write the soft labels of one split; returns ``{"split", "written", "skipped", "dir"}``.
+
+    ``predict_logits(rgb_uint8) -> {head: logits}`` runs the teacher on one full-size image (the caller pads and
+    the logits are cropped back here); ``samples`` have ``.id`` and ``.image``.
+    """
+    from tqdm import tqdm
+
+    ids = [s.id for s in samples]
+    split_dir = open_split(labels_dir, split, teacher, teacher_sha256, temperature, ids, rebuild)
+    todo = set(pending(split_dir, ids))
+    for sample in tqdm([s for s in samples if s.id in todo], desc=f"soft labels {split}", unit="img",
+                       disable=not progress or None):
+        image = read_image(sample.image)
+        write_soft_label(label_path(split_dir, sample.id),
+                         head_probabilities(predict_logits(image), temperature, image.shape[:2]))
+    return {"split": split, "written": len(todo), "skipped": len(ids) - len(todo), "dir": str(split_dir)}
+
+
+def load_split_labels(labels_dir: str | Path, split: str, samples: list, temperature: float,
+                      teacher_sha256: str | None = None) -> tuple[list[np.ndarray], dict]:
+    """Soft labels of ``samples`` (one (H, W, 4) array each, in order) and the split's manifest.
+
+    Refuses labels at another temperature (T1 of the student must equal the T they were made at), from a teacher
+    other than ``teacher_sha256`` when given, and any missing image.
+    """
+    split_dir = Path(labels_dir) / split
+    manifest = read_manifest(split_dir)
+    if manifest is None:
+        raise LabelError(f"{split_dir / MANIFEST}: no soft labels for split {split!r} (run Train_2_Step.py first)")
+    if float(manifest["temperature"]) != float(temperature):
+        raise LabelError(f"{split_dir / MANIFEST}: labels are at T={manifest['temperature']:g} but T1={temperature:g};"
+                         f" rerun Train_2_Step.py --temperature={temperature:g} or set --t1")
+    if teacher_sha256 is not None and manifest["teacher_sha256"] != teacher_sha256:
+        raise LabelError(f"{split_dir / MANIFEST}: labels of split {split!r} come from teacher "
+                         f"{manifest['teacher_sha256'][:12]}, the other splits from {teacher_sha256[:12]}")
+    missing = pending(split_dir, [s.id for s in samples])
+    if missing:
+        raise LabelError(f"{label_path(split_dir, missing[0])}: soft label missing"
+                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                         + "; run Train_2_Step.py with the same data, lists and seed")
+    labels = []
+    for s in samples:
+        path = label_path(split_dir, s.id)
+        crack = read_soft_label(path)
+        labels.append(crack)
+    return labels, manifest
+
+
+# ---------------------------------------------------------------------------------------------- KD wiring
+def student_heads(t1: float, t2: float) -> dict[str, tuple[str, float]]:
+    """``model.with_heads`` spec of the student: the four heads at T1 and ``real`` = mix at T2."""
+    return {**{h: (h, t1) for h in HEADS}, REAL: ("mix", t2)}
+
+
+def kd_targets(one_hot, soft, t0: float) -> dict:
+    """Targets of the five student outputs for one batch (tensor op).
+
+    ``one_hot`` (..., 2) ground truth; ``soft`` (..., 4) teacher crack probabilities (heads h, x, y, mix), or None
+    for the no-teacher baseline, whose four heads then learn the ground truth at T0 too.
+    """
+    import tensorflow as tf
+
+    real = soften_ground_truth(one_hot, t0)
+    if soft is None:
+        return {**{h: real for h in HEADS}, REAL: real}
+    soft = tf.cast(soft, tf.float32)
+    targets = {h: tf.stack([1.0 - soft[..., i], soft[..., i]], axis=-1) for i, h in enumerate(HEADS)}
+    return {**targets, REAL: real}
+
+
+def kd_losses(loss: str, crack_weight: float, alpha: float, t1: float = 1.0,
+              scale_by_t1_squared: bool = True) -> tuple[dict, dict[str, float]]:
+    """Per-output losses and ``loss_weights`` for ``compile``: total = alpha * s * soft + (1 - alpha) * hard, where
+    soft is the mean of the loss over the four soft heads, hard the loss of the ``real`` head, and s = T1^2 (or 1).
+
+    The mean (alpha / 4 per head) rather than the sum keeps alpha the soft share whatever the number of soft heads.
+    s = T1^2 (Hinton et al. 2015): at temperature T the soft probabilities and their gradients both shrink by ~1/T,
+    so without it a T1 = 10 soft term is ~100x weaker than alpha says (measured: ~1 % of the total at alpha 0.9).
+    Each term is ``crackseg.losses.make_loss(loss)``, the loss the teacher was trained with.
+    """
+    from .losses import make_loss
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    scale = float(t1) ** 2 if scale_by_t1_squared else 1.0
+    losses = {name: make_loss(loss, crack_weight) for name in (*HEADS, REAL)}
+    weights = {**{h: alpha * scale / len(HEADS) for h in HEADS}, REAL: 1.0 - alpha}
+    return losses, weights

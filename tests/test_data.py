@@ -1,0 +1,330 @@
+"""crackseg.data readers, splits, errors and tf.data pipelines; crackseg.preprocess; crackseg.io."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REPO, SYNTHETIC_COUNT, SYNTHETIC_SIZE, needs_shared
+
+from crackseg.data import (DataError, Sample, eval_dataset, find_samples, load_arrays, load_pair, load_split,
+                           read_image, read_mask, split_samples, steps_per_epoch, train_dataset)
+
+
+def _png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+    return path
+
+
+def _tiny_set(root: Path, n: int = 3, h: int = 8, w: int = 12) -> Path:
+    """A generic-layout set of ``n`` small pairs (fast to write and corrupt)."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        _png(root / "images" / f"{i:02d}.png", rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        mask = np.zeros((h, w), np.uint8)
+        mask[h // 2, : w // 2 + i] = 255
+        _png(root / "masks" / f"{i:02d}.png", mask)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- real data
+@needs_shared
+def test_crackforest_reader(shared_datasets):
+    samples = find_samples(shared_datasets / "CrackForest")
+    assert len(samples) == 118
+    assert all(s.image.suffix == ".jpg" and s.mask.suffix == ".mat" for s in samples)
+    image, mask = load_pair(samples[0])
+    assert image.shape == (320, 480, 3) and image.dtype == np.uint8
+    assert mask.shape == (320, 480) and mask.dtype == bool and 0 < mask.mean() < 0.2
+
+
+@needs_shared
+def test_crackforest_extra_region_labels_are_not_crack(shared_datasets):
+    from scipy.io import loadmat
+
+    path = shared_datasets / "CrackForest" / "groundTruth" / "084.mat"
+    seg = loadmat(str(path))["groundTruth"][0, 0]["Segmentation"]
+    assert {3, 4} <= set(np.unique(seg).tolist())  # the file this test is about
+    mask = read_mask(path)
+    np.testing.assert_array_equal(mask, seg == 2)
+    assert not mask[seg >= 3].any()
+
+
+@needs_shared
+def test_deepcrack_reader(shared_datasets):
+    samples = find_samples(shared_datasets / "DeepCrack")
+    assert len(samples) == 300
+    assert samples[0].id.startswith("train_img/")
+    image, mask = load_pair(samples[0])
+    assert image.shape == (384, 544, 3)
+    assert mask.shape == (384, 544) and mask.any() and mask.mean() < 0.2
+
+
+@needs_shared
+def test_repository_split_lists_resolve_against_shared_data(shared_datasets):
+    splits = load_split(str(shared_datasets), str(REPO / "datasets" / "splits"))
+    assert len(splits["train"]) == 376 and len(splits["val"]) == 42 and splits["test"] == []
+    train, val = {s.id for s in splits["train"]}, {s.id for s in splits["val"]}
+    assert not train & val
+    assert len(train | val) == 118 + 300
+    assert all(s.image.is_file() and s.mask.is_file() for s in splits["train"] + splits["val"])
+
+
+# ---------------------------------------------------------------------------------------------- synthetic data
+def test_generic_reader_on_synthetic_data(synthetic_data):
+    samples = find_samples(synthetic_data)
+    assert len(samples) == SYNTHETIC_COUNT
+    assert samples[0].id == "images/0000.png"
+    images, masks = load_arrays(samples, workers=2)
+    for image, mask in zip(images, masks):
+        assert image.shape == (*SYNTHETIC_SIZE, 3) and image.dtype == np.uint8
+        assert mask.shape == SYNTHETIC_SIZE and mask.dtype == bool
+    assert all(m.any() for m in masks)
+
+
+def test_deepcrack_style_folder_with_0_1_masks(tmp_path):
+    _png(tmp_path / "Deep" / "train_img" / "a.jpg", np.full((8, 8, 3), 100, np.uint8))
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:4, 2:6] = 1
+    _png(tmp_path / "Deep" / "train_lab" / "a.png", mask)
+    samples = find_samples(tmp_path)  # one level down
+    assert [s.id for s in samples] == ["Deep/train_img/a.jpg"]
+    assert load_pair(samples[0])[1].sum() == 8
+
+
+def test_generic_layout_with_list_files(tmp_path, synthetic_data):
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_data, root)
+    (root / "train.txt").write_text("0000\n# a comment\n\nimages/0001.png\n0002\n")
+    (root / "val.txt").write_text("0005\n0006\n")
+    splits = load_split(str(root))
+    assert [s.image.name for s in splits["train"]] == ["0000.png", "0001.png", "0002.png"]
+    assert [s.image.name for s in splits["val"]] == ["0005.png", "0006.png"]
+    assert splits["test"] == []
+    other = load_split(str(root), lists="none_such_folder")  # no lists there: seeded split of all 12
+    assert len(other["train"]) + len(other["val"]) == SYNTHETIC_COUNT
+
+
+def test_seeded_split_is_deterministic_and_disjoint(synthetic_data):
+    samples = find_samples(synthetic_data)
+    a = split_samples(samples, None, val_fraction=0.25, seed=3)
+    b = split_samples(list(reversed(samples)), None, val_fraction=0.25, seed=3)
+    assert a == b
+    assert len(a["val"]) == 3 and len(a["train"]) == 9 and a["test"] == []
+    ids = [s.id for s in a["train"] + a["val"]]
+    assert len(set(ids)) == len(ids) == SYNTHETIC_COUNT
+    c = split_samples(samples, None, val_fraction=0.25, seed=4)
+    assert {s.id for s in c["val"]} != {s.id for s in a["val"]}
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_unreadable_image_names_the_file(tmp_path):
+    root = _tiny_set(tmp_path)
+    (root / "images" / "01.png").write_bytes(b"not a png")
+    samples = find_samples(root)
+    with pytest.raises(DataError, match="01.png"):
+        load_arrays(samples, workers=1)
+    (root / "images" / "01.png").write_bytes(b"")
+    with pytest.raises(DataError, match="01.png"):
+        read_image(root / "images" / "01.png")
+
+
+def test_missing_mask_names_the_file(tmp_path):
+    root = _tiny_set(tmp_path)
+    (root / "masks" / "02.png").unlink()
+    with pytest.raises(DataError, match=r"images/02\.png.*no mask"):
+        find_samples(root)
+
+
+def test_unreadable_mask_names_the_file(tmp_path):
+    root = _tiny_set(tmp_path)
+    (root / "masks" / "00.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"masks/00\.png"):
+        load_pair(find_samples(root)[0])
+
+
+def test_broken_mat_names_the_file(tmp_path):
+    path = tmp_path / "x.mat"
+    path.write_bytes(b"not matlab")
+    with pytest.raises(DataError, match="x.mat"):
+        read_mask(path)
+
+
+def test_size_mismatch_names_the_file(tmp_path):
+    root = _tiny_set(tmp_path)
+    _png(root / "masks" / "01.png", np.zeros((9, 12), np.uint8))
+    with pytest.raises(DataError, match=r"masks/01\.png.*does not match"):
+        load_pair(find_samples(root)[1])
+
+
+def test_empty_folder_names_the_folder(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(DataError, match=r"images: no images"):
+        find_samples(tmp_path)
+    with pytest.raises(DataError, match="no dataset found"):
+        find_samples(tmp_path / "images")
+    with pytest.raises(DataError, match="not found"):
+        find_samples(tmp_path / "missing")
+
+
+def test_non_binary_mask_names_the_file(tmp_path):
+    root = _tiny_set(tmp_path)
+    mask = np.zeros((8, 12), np.uint8)
+    mask[0, :3] = (0, 128, 255)
+    _png(root / "masks" / "01.png", mask)
+    with pytest.raises(DataError, match=r"masks/01\.png.*not binary"):
+        load_pair(find_samples(root)[1])
+    _png(root / "masks" / "01.png", np.dstack([mask, mask * 0, mask]))
+    with pytest.raises(DataError, match=r"masks/01\.png.*colour"):
+        read_mask(root / "masks" / "01.png")
+
+
+def test_bad_list_entry_names_the_file_and_line(tmp_path):
+    root = _tiny_set(tmp_path)
+    (root / "train.txt").write_text("00\nnope\n")
+    with pytest.raises(DataError, match=r"train\.txt:2.*'nope'"):
+        load_split(str(root))
+
+
+def test_ambiguous_list_entry_is_refused(tmp_path):
+    _tiny_set(tmp_path / "a")
+    _tiny_set(tmp_path / "b")
+    (tmp_path / "train.txt").write_text("00\n")
+    with pytest.raises(DataError, match="ambiguous"):
+        load_split(str(tmp_path))
+    (tmp_path / "train.txt").write_text("a/images/00.png\n")
+    assert [s.id for s in load_split(str(tmp_path))["train"]] == ["a/images/00.png"]
+
+
+# ---------------------------------------------------------------------------------------------- label dilation
+@pytest.mark.parametrize("k, expected", [(0, 1), (1, 1), (3, 9), (5, 25)])
+def test_label_dilation_uses_a_k_by_k_square(tmp_path, k, expected):
+    _png(tmp_path / "img.png", np.zeros((9, 9, 3), np.uint8))
+    mask = np.zeros((9, 9), np.uint8)
+    mask[4, 4] = 255
+    _png(tmp_path / "mask.png", mask)
+    _, dilated = load_pair(Sample("img.png", tmp_path / "img.png", tmp_path / "mask.png"), dilate=k)
+    assert dilated.sum() == expected
+    r = k // 2 if k > 1 else 0
+    assert dilated[4 - r: 5 + r, 4 - r: 5 + r].all()
+
+
+# ---------------------------------------------------------------------------------------------- tf.data
+@pytest.fixture(scope="module")
+def arrays(synthetic_data):
+    return load_arrays(find_samples(synthetic_data), workers=2)
+
+
+def _check_batch(x, y, batch, crop):
+    x, y = x.numpy(), y.numpy()
+    assert x.shape == (batch, crop, crop, 3) and x.dtype == np.float32
+    assert y.shape == (batch, crop, crop, 2) and y.dtype == np.float32
+    assert x.min() >= -1.0 and x.max() <= 1.0
+    assert set(np.unique(y).tolist()) <= {0.0, 1.0}
+    np.testing.assert_array_equal(y.sum(-1), 1.0)
+
+
+def test_train_dataset_shapes_types_and_ranges(arrays):
+    images, masks = arrays
+    ds = train_dataset(images, masks, crop=64, batch_size=3, seed=1)
+    seen_crack = 0.0
+    for x, y in ds.take(5):  # more batches than one pass of 12 images: the set repeats
+        _check_batch(x, y, 3, 64)
+        seen_crack += float(y.numpy()[..., 1].sum())
+    assert seen_crack > 0
+    assert steps_per_epoch(len(images), 3) == 4 and steps_per_epoch(2, 4) == 1
+
+
+def test_train_dataset_is_reproducible(arrays):
+    images, masks = arrays
+    a = [x.numpy() for x, _ in train_dataset(images, masks, crop=32, batch_size=2, seed=5).take(2)]
+    b = [x.numpy() for x, _ in train_dataset(images, masks, crop=32, batch_size=2, seed=5).take(2)]
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("crop", [160, 256])  # larger than the 96 x 128 images; 256 is more than twice the height
+def test_train_dataset_pads_crops_larger_than_the_image(arrays, crop):
+    images, masks = arrays
+    x, y = next(iter(train_dataset(images[:2], masks[:2], crop=crop, batch_size=2)))
+    _check_batch(x, y, 2, crop)
+    x, y = next(iter(train_dataset(images[:2], masks[:2], crop=crop, batch_size=2, augment=False)))
+    _check_batch(x, y, 2, crop)
+
+
+def test_train_dataset_without_augmentation_keeps_the_labels(arrays):
+    images, masks = arrays
+    x, y = next(iter(train_dataset(images[:1], masks[:1], crop=96, batch_size=1, augment=False)))
+    # centre crop 96 x 96 of a 96 x 128 image: columns 16..111
+    np.testing.assert_array_equal(y.numpy()[0, ..., 1] > 0.5, masks[0][:, 16:112])
+    np.testing.assert_allclose(x.numpy()[0], images[0][:, 16:112] / 127.5 - 1.0, atol=1e-5)
+
+
+def test_train_dataset_refuses_an_empty_split():
+    with pytest.raises(DataError):
+        train_dataset([], [])
+
+
+def test_eval_dataset_shapes(arrays):
+    images, masks = arrays
+    odd_image, odd_mask = images[0][:50, :70], masks[0][:50, :70]
+    items = list(eval_dataset([images[1], odd_image], [masks[1], odd_mask]))
+    assert len(items) == 2
+    (x1, y1), (x2, y2) = items
+    assert x1.shape == (1, 96, 128, 3) and y1.shape == (1, 96, 128, 2)
+    assert x2.shape == (1, 52, 72, 3) and y2.shape == (1, 52, 72, 2)  # padded to a multiple of 4
+    np.testing.assert_array_equal(y1.numpy()[0, ..., 1] > 0.5, masks[1])
+    np.testing.assert_allclose(x1.numpy()[0], images[1] / 127.5 - 1.0, atol=1e-5)
+    np.testing.assert_array_equal(y2.numpy()[0, :50, :70, 1] > 0.5, odd_mask)
+    assert not y2.numpy()[0, 50:, :, 1].any() and not y2.numpy()[0, :, 70:, 1].any()
+    for x, y in items:
+        assert x.numpy().min() >= -1 and x.numpy().max() <= 1
+        np.testing.assert_array_equal(y.numpy().sum(-1), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------- preprocess
+@pytest.mark.parametrize("h, w", [(50, 70), (13, 7), (64, 96)])
+def test_prepare_and_crop_back_round_trip(h, w):
+    from crackseg.preprocess import crop_back, prepare
+
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    x, size = prepare(image)
+    assert size == (h, w)
+    assert x.dtype == np.float32 and x.shape == (1, -(-h // 4) * 4, -(-w // 4) * 4, 3)
+    assert x.min() >= -1 and x.max() <= 1
+    np.testing.assert_allclose(x[0, :h, :w], image / 127.5 - 1.0, atol=1e-6)
+    crack = x[..., :1] * 0.5 + 0.5  # any map of the padded size
+    np.testing.assert_array_equal(crop_back(crack, size), crack[:, :h, :w, 0])
+    two = np.concatenate([1 - crack, crack], -1)
+    np.testing.assert_array_equal(crop_back(two, size), crack[:, :h, :w, 0])
+    batch, size2 = prepare(np.stack([image, image]))
+    assert batch.shape[0] == 2 and size2 == (h, w)
+
+
+def test_prepare_rejects_non_rgb():
+    from crackseg.preprocess import prepare
+
+    with pytest.raises(ValueError):
+        prepare(np.zeros((8, 8), np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------- atomic writes
+def test_atomic_path_leaves_the_old_file_intact_on_error(tmp_path):
+    from crackseg.io import atomic_path, atomic_write_text
+
+    target = tmp_path / "model.keras"
+    atomic_write_text(target, "good")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            assert tmp.parent == tmp_path and tmp.suffix == ".keras" and tmp != target
+            tmp.write_text("half-writ")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "good"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]  # no temporary left behind
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]

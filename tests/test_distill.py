@@ -1,0 +1,299 @@
+"""crackseg.distill: temperature softening, the soft-label store (round trip, manifest, resume, refusal), KD targets
+and losses per strategy, the soft-label-aware tf.data pipeline, and model cards."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crackseg import distill
+from crackseg.card import CardError, card_path, read_card, write_card
+from crackseg.distill import (HEADS, REAL, STRATEGIES, LabelError, head_probabilities, kd_losses, kd_targets,
+                              label_path, load_split_labels, read_manifest, read_soft_label, resolve_strategy, soften,
+                              two_class, write_soft_label, write_split)
+from crackseg.io import sha256
+
+
+@dataclass(frozen=True)
+class FakeSample:
+    id: str
+    image: Path
+
+
+# ---------------------------------------------------------------------------------------------- softening
+def test_soften_is_monotone_keeps_argmax_and_flattens_with_temperature():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 5, (500, 2)).astype(np.float32)
+    previous_spread = None
+    for t in (1.0, 5.0, 10.0, 15.0):
+        p = soften(logits, t)
+        assert np.allclose(p.sum(-1), 1.0, atol=1e-6)
+        assert np.array_equal(np.argmax(p, -1), np.argmax(logits, -1))  # argmax kept
+        order = np.argsort(logits[:, 1] - logits[:, 0])  # monotone in the logit margin
+        assert np.all(np.diff(p[order, 1]) >= -1e-7)
+        spread = np.abs(p[:, 1] - 0.5).mean()
+        if previous_spread is not None:
+            assert spread < previous_spread  # hotter = softer
+        previous_spread = spread
+    with pytest.raises(ValueError):
+        soften(logits, 0)
+
+
+def test_soften_matches_the_network_temperature_softmax():
+    from model import TemperatureSoftmax
+
+    logits = np.random.default_rng(1).normal(0, 8, (2, 6, 6, 2)).astype(np.float32)
+    keras_out = np.asarray(TemperatureSoftmax(10.0)(logits))
+    assert np.abs(soften(logits, 10.0) - keras_out).max() < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------- label store
+@pytest.fixture(scope="module")
+def tiny_logits_model():
+    from model import build_logits_model
+
+    return build_logits_model("student", None, width=2, blocks=0)
+
+
+def _fake_images(tmp_path: Path, n: int = 3, size=(30, 42)) -> list[FakeSample]:
+    import cv2
+
+    rng = np.random.default_rng(2)
+    samples = []
+    for i in range(n):
+        path = tmp_path / "imgs" / f"{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+        samples.append(FakeSample(f"sub/{i:02d}.png", path))
+    return samples
+
+
+def _predictor(logits_model):
+    from crackseg.preprocess import prepare
+
+    def predict(image):
+        x, _ = prepare(image)
+        return {h: np.asarray(o) for h, o in zip(HEADS, logits_model(x, training=False))}
+
+    return predict
+
+
+def test_distill_heads_mirror_the_network():
+    import model
+
+    assert distill.HEADS == model.HEADS
+
+
+def test_round_trip_equals_teacher_output(tmp_path, tiny_logits_model):
+    """Written then read soft labels equal the teacher's softmax heads at T within 1e-4 (30x42: padded + cropped)."""
+    from crackseg.data import read_image
+    from crackseg.preprocess import prepare
+    from model import with_heads
+
+    samples = _fake_images(tmp_path)
+    teacher_softmax = with_heads(tiny_logits_model, {h: (h, 10.0) for h in HEADS})
+    report = write_split(_predictor(tiny_logits_model), samples, read_image, tmp_path / "labels", "train",
+                         "teacher.keras", "abc123", 10.0, progress=False)
+    assert report == {"split": "train", "written": 3, "skipped": 0, "dir": str(tmp_path / "labels" / "train")}
+    for s in samples:
+        image = read_image(s.image)
+        x, (h, w) = prepare(image)
+        expected = {k: np.asarray(v)[0, :h, :w] for k, v in teacher_softmax(x, training=False).items()}
+        stored = two_class(read_soft_label(label_path(tmp_path / "labels" / "train", s.id)))
+        assert stored.shape == (h, w, 4, 2)
+        for i, head in enumerate(HEADS):
+            assert np.abs(stored[..., i, :] - expected[head]).max() < 1e-4
+
+
+def test_float32_store_is_exact_where_float16_is_not(tmp_path):
+    crack = np.random.default_rng(3).uniform(0, 1, (17, 23, 4)).astype(np.float32)
+    write_soft_label(tmp_path / "a.npz", crack)
+    assert np.array_equal(read_soft_label(tmp_path / "a.npz"), crack)
+    assert np.abs(crack.astype(np.float16).astype(np.float32) - crack).max() > 1e-4  # why not float16
+    assert [p.name for p in tmp_path.iterdir()] == ["a.npz"]  # no temporary left behind
+
+
+def test_manifest_resume_refusal_and_rebuild(tmp_path):
+    samples = [FakeSample(f"{i}.png", Path(f"{i}.png")) for i in range(3)]
+    calls = []
+
+    def read(path):
+        calls.append(path)
+        return np.zeros((8, 12, 3), np.uint8)
+
+    def predict(image):
+        return {h: np.full((1, 8, 12, 2), [0.0, float(k)], np.float32) for k, h in enumerate(HEADS)}
+
+    labels = tmp_path / "labels"
+    write_split(predict, samples[:2], read, labels, "val", "t.keras", "sha-one", 10.0, progress=False)
+    manifest = read_manifest(labels / "val")
+    assert manifest["teacher_sha256"] == "sha-one" and manifest["temperature"] == 10.0
+    assert manifest["split"] == "val" and manifest["images"] == ["0.png", "1.png"] and manifest["created"]
+    assert manifest["heads"] == list(HEADS)
+
+    calls.clear()  # resume: only the new image is computed
+    report = write_split(predict, samples, read, labels, "val", "t.keras", "sha-one", 10.0, progress=False)
+    assert (report["written"], report["skipped"]) == (1, 2) and calls == [Path("2.png")]
+    assert read_manifest(labels / "val")["images"] == ["0.png", "1.png", "2.png"]
+
+    for sha, t in (("sha-two", 10.0), ("sha-one", 5.0)):  # another teacher or T: refused, one line
+        with pytest.raises(LabelError, match="--rebuild") as err:
+            write_split(predict, samples, read, labels, "val", "t.keras", sha, t, progress=False)
+        assert "\n" not in str(err.value) and str(labels / "val") in str(err.value)
+
+    report = write_split(predict, samples, read, labels, "val", "t.keras", "sha-two", 5.0, rebuild=True,
+                         progress=False)
+    assert report["written"] == 3 and read_manifest(labels / "val")["temperature"] == 5.0
+    crack = read_soft_label(label_path(labels / "val", "0.png"))
+    assert np.allclose(crack[0, 0], soften(np.array([[0.0, k] for k in range(4)]), 5.0)[:, 1])
+
+
+def test_load_split_labels_checks_temperature_teacher_and_completeness(tmp_path):
+    samples = [FakeSample(f"{i}.png", Path(f"{i}.png")) for i in range(2)]
+
+    def predict(image):
+        return {h: np.zeros((1, 4, 4, 2), np.float32) for h in HEADS}
+
+    read = lambda p: np.zeros((4, 4, 3), np.uint8)  # noqa: E731
+    write_split(predict, samples[:1], read, tmp_path, "train", "t.keras", "sha", 10.0, progress=False)
+    labels, manifest = load_split_labels(tmp_path, "train", samples[:1], 10.0)
+    assert len(labels) == 1 and labels[0].shape == (4, 4, 4) and manifest["split"] == "train"
+    with pytest.raises(LabelError, match="T=10 but T1=5"):
+        load_split_labels(tmp_path, "train", samples[:1], 5.0)
+    with pytest.raises(LabelError, match="teacher"):
+        load_split_labels(tmp_path, "train", samples[:1], 10.0, teacher_sha256="other")
+    with pytest.raises(LabelError, match="1.png.npz: soft label missing"):
+        load_split_labels(tmp_path, "train", samples, 10.0)
+    with pytest.raises(LabelError, match="run Train_2_Step.py first"):
+        load_split_labels(tmp_path, "val", samples, 10.0)
+
+
+def test_unreadable_and_escaping_labels_are_refused(tmp_path):
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(LabelError, match="bad.npz: unreadable soft label"):
+        read_soft_label(tmp_path / "bad.npz")
+    with pytest.raises(LabelError):
+        label_path(tmp_path, "../outside.png")
+
+
+def test_head_probabilities_crop_the_padding():
+    logits = {h: np.random.default_rng(4).normal(0, 3, (1, 12, 16, 2)) for h in HEADS}
+    out = head_probabilities(logits, 10.0, (10, 13))
+    assert out.shape == (10, 13, 4)
+    assert np.allclose(out[..., 3], soften(logits["mix"][0, :10, :13], 10.0)[..., 1])
+
+
+# ---------------------------------------------------------------------------------------------- strategies
+def test_strategy_table_and_overrides():
+    assert resolve_strategy("standard") == {"strategy": "standard", "t0": 0.0, "t1": 10.0, "t2": 1.0, "distill": True}
+    for name, temps in (("hyperthermal", (10.0, 10.0, 10.0)), ("non-isothermal", (0.0, 10.0, 10.0))):
+        kd = resolve_strategy(name)
+        assert (kd["t0"], kd["t1"], kd["t2"]) == temps == STRATEGIES[name] and kd["distill"]
+    assert resolve_strategy("none")["distill"] is False
+    assert resolve_strategy("standard", t1=5)["t1"] == 5.0
+    for bad in ({"strategy": "warm"}, {"strategy": "standard", "t2": 0}, {"strategy": "standard", "t0": -1}):
+        with pytest.raises(ValueError):
+            resolve_strategy(**bad)
+
+
+@pytest.mark.parametrize("strategy", ["standard", "hyperthermal", "non-isothermal", "none"])
+def test_targets_per_strategy(strategy):
+    kd = resolve_strategy(strategy)
+    mask = np.zeros((1, 4, 4), bool)
+    mask[0, 1, :] = True
+    one_hot = np.stack([~mask, mask], -1).astype(np.float32)
+    soft = np.random.default_rng(5).uniform(0.4, 0.6, (1, 4, 4, 4)).astype(np.float32)
+    targets = {k: np.asarray(v) for k, v in kd_targets(one_hot, soft if kd["distill"] else None, kd["t0"]).items()}
+    assert set(targets) == {*HEADS, REAL}
+    if kd["t0"] == 0:
+        assert np.array_equal(targets[REAL], one_hot)  # hard ground truth
+    else:  # softmax(one_hot / T0): crack 0.525 / background 0.475 at T0 = 10
+        assert np.allclose(targets[REAL], soften(one_hot, kd["t0"]), atol=1e-6)
+        assert np.allclose(targets[REAL][0, 1, 0], [1 / (1 + np.e ** 0.1), 1 / (1 + np.e ** -0.1)], atol=1e-6)
+    for i, head in enumerate(HEADS):
+        if kd["distill"]:
+            assert np.allclose(targets[head][..., 1], soft[..., i]) and np.allclose(targets[head].sum(-1), 1)
+        else:
+            assert np.array_equal(targets[head], targets[REAL])
+
+
+def test_kd_loss_weights_and_total():
+    """total = alpha * T1^2 * mean(soft losses) + (1 - alpha) * real loss, each term the asymmetric loss."""
+    from crackseg.losses import AsymmetricLoss
+
+    losses, weights = kd_losses("asymmetric", 200.0, 0.9, t1=10.0)
+    assert set(losses) == {*HEADS, REAL} and all(isinstance(v, AsymmetricLoss) for v in losses.values())
+    assert weights[REAL] == pytest.approx(0.1)
+    assert all(weights[h] == pytest.approx(0.9 * 100 / 4) for h in HEADS)
+    assert kd_losses("asymmetric", 200.0, 0.9, 10.0, scale_by_t1_squared=False)[1]["h"] == pytest.approx(0.225)
+    assert kd_losses("bce_dice", 1.0, 0.0)[1] == {**dict.fromkeys(HEADS, 0.0), REAL: 1.0}
+    with pytest.raises(ValueError):
+        kd_losses("asymmetric", 200.0, 1.5)
+
+
+def test_compiled_student_loss_is_the_weighted_sum():
+    import keras
+
+    from crackseg.training import compile_model
+    from model import build_logits_model, with_heads
+
+    kd = resolve_strategy("standard")
+    student = with_heads(build_logits_model("student", None, width=2, blocks=0),
+                         distill.student_heads(kd["t1"], kd["t2"]))
+    assert {o: student.get_layer(o).temperature for o in (*HEADS, REAL)} == {**dict.fromkeys(HEADS, 10.0), REAL: 1.0}
+    losses, weights = kd_losses("asymmetric", 200.0, 0.9, kd["t1"])
+    compile_model(student, losses, 1e-3, loss_weights=weights)
+    rng = np.random.default_rng(6)
+    x = rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+    mask = rng.uniform(size=(2, 16, 16)) > 0.9
+    one_hot = np.stack([~mask, mask], -1).astype(np.float32)
+    soft = rng.uniform(0.45, 0.55, (2, 16, 16, 4)).astype(np.float32)
+    targets = {k: np.asarray(v) for k, v in kd_targets(one_hot, soft, kd["t0"]).items()}
+    result = student.evaluate(x, targets, batch_size=2, return_dict=True, verbose=0)
+    preds = student.predict(x, verbose=0)
+    expected = sum(weights[k] * float(keras.ops.mean(losses[k](targets[k], preds[k]))) for k in targets)
+    assert result["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- tf.data
+def test_train_dataset_transforms_soft_labels_with_image_and_mask():
+    """Extra channels built from the image and mask must still match them after crop / flip / rotation."""
+    from crackseg.data import eval_dataset, train_dataset
+
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (40, 52, 3), dtype=np.uint8) for _ in range(3)]
+    masks = [rng.uniform(size=(40, 52)) > 0.7 for _ in range(3)]
+    extra = [np.stack([im[..., 0] / 255.0, m], -1).astype(np.float32) for im, m in zip(images, masks)]
+    ds = train_dataset(images, masks, crop=24, batch_size=3, seed=1, jitter=False, extra=extra)
+    for x, y, more in ds.take(3):
+        x, y, more = np.asarray(x), np.asarray(y), np.asarray(more)
+        assert more.shape == (3, 24, 24, 2)
+        assert np.allclose((x[..., 0] + 1) * 127.5, more[..., 0] * 255.0, atol=1e-3)
+        assert np.array_equal(y[..., 1], more[..., 1])
+    x, y = next(iter(train_dataset(images, masks, crop=24, batch_size=3, seed=1)))  # Train_1's form unchanged
+    assert x.shape == (3, 24, 24, 3) and y.shape == (3, 24, 24, 2)
+    x, y, more = next(iter(eval_dataset(images[:1], masks[:1], extra[:1])))
+    assert x.shape == (1, 40, 52, 3) and np.allclose(np.asarray(more)[0], extra[0])
+
+
+# ---------------------------------------------------------------------------------------------- model card
+def test_model_card_round_trip(tmp_path):
+    model_file = tmp_path / "weights" / "student.keras"
+    model_file.parent.mkdir()
+    model_file.write_bytes(b"pretend model")
+    with pytest.raises(CardError, match="no model card"):
+        read_card(model_file)
+    path = write_card(model_file, {"threshold": 0.42, "strategy": "standard"})
+    assert path == tmp_path / "weights" / "student.json" == card_path(model_file)
+    card = read_card(model_file, verify=True)
+    assert card["sha256"] == sha256(model_file) and card["threshold"] == 0.42 and card["created"]
+    model_file.write_bytes(b"changed")
+    with pytest.raises(CardError, match="sha256 does not match"):
+        read_card(model_file, verify=True)
+    path.write_text("[1, 2]")
+    with pytest.raises(CardError, match="JSON object"):
+        read_card(model_file)
+    assert json.loads(path.read_text()) == [1, 2]

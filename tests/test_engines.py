@@ -1,0 +1,371 @@
+"""One inference interface over Keras and ONNX Runtime (TensorRT: its one-line refusal without a GPU)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY_THRESHOLD
+from crackseg.engines import (DEFAULT_THRESHOLD, EngineError, Engine, backends, choose_backend, open_engine,
+                              register_backend)
+from crackseg.export import tensorrt_status
+
+
+def images(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+
+@pytest.fixture(scope="module")
+def keras_engine(tiny_model):
+    return open_engine(str(tiny_model["keras"]))
+
+
+@pytest.fixture(scope="module")
+def onnx_engine(tiny_model):
+    return open_engine(str(tiny_model["onnx"]))
+
+
+def test_backends_and_threshold_from_card(keras_engine, onnx_engine):
+    assert keras_engine.backend == "keras" and onnx_engine.backend == "onnx"
+    assert keras_engine.threshold == onnx_engine.threshold == TINY_THRESHOLD
+    assert keras_engine.name == onnx_engine.name == "tiny"
+    assert set(backends()) >= {"keras", "onnx", "tensorrt"}
+
+
+def test_threshold_override_and_default(tiny_model, tmp_path):
+    assert open_engine(str(tiny_model["onnx"]), threshold=0.7).threshold == 0.7
+    bare = tmp_path / "bare.onnx"
+    shutil.copyfile(tiny_model["onnx"], bare)
+    assert open_engine(str(bare)).threshold == DEFAULT_THRESHOLD
+    with pytest.raises(EngineError, match="threshold"):
+        open_engine(str(bare), threshold=1.5)
+
+
+def test_predict_any_size_matches_across_backends(keras_engine, onnx_engine):
+    for image in images([(37, 53), (64, 64), (101, 30)]):
+        a, b = keras_engine.predict(image), onnx_engine.predict(image)
+        assert a.shape == b.shape == image.shape[:2] and a.dtype == b.dtype == np.float32
+        assert np.abs(a - b).max() <= 1e-3
+        assert 0 <= a.min() and a.max() <= 1
+        assert keras_engine.mask(a).dtype == bool
+
+
+def test_predict_batch_mixed_sizes_equals_single(onnx_engine):
+    batch = images([(40, 48), (40, 48), (33, 21), (40, 48)], seed=1)
+    together = onnx_engine.predict_batch(batch)
+    assert [p.shape for p in together] == [(40, 48), (40, 48), (33, 21), (40, 48)]
+    for image, prob in zip(batch, together):
+        assert np.abs(onnx_engine.predict(image) - prob).max() <= 1e-5
+
+
+def test_keras_source_on_onnx_backend_uses_a_temporary_export(tiny_model, monkeypatch):
+    import crackseg.export
+
+    exported = []
+
+    def fake_export(net, out_path, opset=17):  # the real conversion is tested in test_export.py; it takes ~15 s
+        exported.append(out_path)
+        shutil.copyfile(tiny_model["onnx"], out_path)
+        return out_path
+
+    monkeypatch.setattr(crackseg.export, "export_onnx", fake_export)
+    engine = open_engine(str(tiny_model["keras"]), backend="onnx")
+    assert engine.backend == "onnx" and engine.threshold == TINY_THRESHOLD and exported[0].is_file()
+    assert engine.predict(images([(32, 48)])[0]).shape == (32, 48)
+    engine.close()
+    assert not exported[0].parent.exists()  # the temporary folder goes with the engine
+
+
+def test_preset_gives_an_untrained_model():
+    engine = open_engine("student", backend="keras")
+    assert engine.name == "student-untrained" and engine.threshold == DEFAULT_THRESHOLD
+    assert engine.predict(images([(24, 28)])[0]).shape == (24, 28)
+    with pytest.raises(EngineError, match="no_such_preset"):
+        open_engine("no_such_preset", backend="keras")
+
+
+def test_bad_inputs_give_one_line_errors(tiny_model, tmp_path, onnx_engine):
+    with pytest.raises(EngineError, match="missing.onnx: model file not found"):
+        open_engine(str(tmp_path / "missing.onnx"))
+    with pytest.raises(EngineError, match="unknown model format"):
+        choose_backend(str(tiny_model["card"]))
+    with pytest.raises(EngineError, match="unknown backend"):
+        open_engine(str(tiny_model["onnx"]), backend="magic")
+    with pytest.raises(EngineError, match="RGB uint8"):
+        onnx_engine.predict(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(EngineError, match="RGB uint8"):
+        onnx_engine.predict(np.zeros((10, 10), np.uint8))
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not onnx")
+    with pytest.raises(EngineError, match="broken.onnx"):
+        open_engine(str(broken))
+    shutil.copyfile(tiny_model["onnx"], tmp_path / "badcard.onnx")
+    (tmp_path / "badcard.json").write_text(json.dumps({"threshold": "high"}))
+    with pytest.raises(EngineError, match="badcard.json.*threshold"):
+        open_engine(str(tmp_path / "badcard.onnx"))
+
+
+def test_choose_backend():
+    assert choose_backend("weights/student.engine") == "tensorrt"
+    assert choose_backend("x.keras") == "keras"
+    assert choose_backend("x.onnx") == "onnx"
+    assert choose_backend("student") == "onnx"  # onnxruntime is installed here
+
+
+def test_tensorrt_backend_without_tensorrt_says_so(tiny_model):
+    if tensorrt_status()[0]:
+        pytest.skip("TensorRT is installed here")
+    with pytest.raises(EngineError, match="^TensorRT: "):
+        open_engine(str(tiny_model["onnx"]), backend="tensorrt")
+
+
+def test_register_backend_extends_auto_free_choice(tiny_model):
+    class Constant(Engine):
+        backend = "constant"
+
+        def __init__(self, path_or_preset, threshold=None):
+            super().__init__("constant", threshold or 0.5)
+
+        def _infer(self, batch):
+            return np.full(batch.shape[:3] + (1,), 0.25, np.float32)
+
+    register_backend("constant", Constant)
+    try:
+        prob = open_engine(str(tiny_model["onnx"]), backend="constant").predict(images([(7, 9)])[0])
+        assert prob.shape == (7, 9) and np.all(prob == 0.25)
+    finally:
+        from crackseg import engines
+
+        engines._BACKENDS.pop("constant")
+
+
+def test_engines_module_does_not_import_tensorflow():
+    code = ("import sys; import crackseg.engines, crackseg.export, crackseg.measure, crackseg.stream, crackseg.viz; "
+            "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'onnxruntime', 'tensorrt') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ---------------------------------------------------------------------------------------------- TensorRT, simulated
+def simulated_tensorrt(calls: dict):
+    """Stand-ins for ``tensorrt`` and ``pycuda.driver`` with the API surface our code uses (TensorRT 10 names).
+
+    "Device" memory is host memory behind integer addresses; the execution context runs ONNX Runtime on whatever
+    the bound input address holds and writes the bound output address. It exercises our control flow (profiles,
+    calibrator batches, name-based tensor addresses, buffer growth, batching); it is no substitute for a GPU run.
+    """
+    import pickle
+    import types
+
+    import onnx
+    import onnxruntime as ort
+
+    memory: dict[int, np.ndarray] = {}
+
+    class DeviceAllocation:
+        def __init__(self, nbytes):
+            self.buf = np.zeros(int(nbytes), np.uint8)
+            self.address = 4096 * (len(memory) + 1) + id(self) % 4096 * 0
+            while self.address in memory:
+                self.address += 4096
+            memory[self.address] = self.buf
+
+        def __int__(self):
+            return self.address
+
+        def free(self):
+            memory.pop(self.address, None)
+
+    def raw(host):
+        return np.ascontiguousarray(host).view(np.uint8).ravel()
+
+    class Context:
+        def push(self):
+            calls["push"] = calls.get("push", 0) + 1
+
+        def pop(self):
+            calls["pop"] = calls.get("pop", 0) + 1
+
+        def detach(self):
+            calls["detach"] = True
+
+    cuda = types.ModuleType("pycuda.driver")
+    cuda.Error = type("Error", (RuntimeError,), {})
+    cuda.init = lambda: None
+    cuda.Device = type("Device", (), {"__init__": lambda self, i: None, "count": staticmethod(lambda: 1),
+                                      "name": lambda self: "Simulated GPU",
+                                      "retain_primary_context": lambda self: Context()})
+    cuda.mem_alloc = DeviceAllocation
+    cuda.pagelocked_empty = lambda count, dtype: np.zeros(count, dtype)
+    cuda.Stream = type("Stream", (), {"handle": 0, "synchronize": lambda self: None})
+
+    def htod(dev, host, stream=None):
+        data = raw(host)
+        memory[int(dev)][:data.size] = data
+
+    def dtoh(host, dev, stream=None):
+        host.view(np.uint8).ravel()[:] = memory[int(dev)][:host.nbytes]
+
+    cuda.memcpy_htod = htod
+    cuda.memcpy_htod_async = htod
+    cuda.memcpy_dtoh_async = dtoh
+    pycuda = types.ModuleType("pycuda")
+    pycuda.driver = cuda
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.3.0"
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
+    trt.BuilderFlag = types.SimpleNamespace(FP16="fp16", INT8="int8")
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0)
+    trt.nptype = lambda dtype: np.float32
+    trt.IInt8EntropyCalibrator2 = type("IInt8EntropyCalibrator2", (), {"__init__": lambda self: None})
+
+    class Profile:
+        def set_shape(self, name, lo, opt, hi):
+            self.name, self.shapes = name, (tuple(lo), tuple(opt), tuple(hi))
+
+    class Config:
+        def __init__(self):
+            self.flags, self.profiles, self.int8_calibrator, self.calibration_profile = set(), [], None, None
+
+        def set_memory_pool_limit(self, pool, size):
+            calls["workspace"] = size
+
+        def set_flag(self, flag):
+            self.flags.add(flag)
+
+        def add_optimization_profile(self, profile):
+            self.profiles.append(profile)
+
+        def set_calibration_profile(self, profile):
+            self.calibration_profile = profile
+
+    class Network:
+        onnx_bytes = b""
+
+        def get_input(self, i):
+            return types.SimpleNamespace(name=onnx.load_from_string(self.onnx_bytes).graph.input[i].name)
+
+    class Parser:
+        def __init__(self, network, logger):
+            self.network, self.num_errors = network, 0
+
+        def parse(self, data):
+            self.network.onnx_bytes = data
+            return True
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            calls["network_flags"] = flags
+            return Network()
+
+        create_builder_config = staticmethod(Config)
+        create_optimization_profile = staticmethod(Profile)
+
+        def build_serialized_network(self, network, config):
+            calls["flags"] = sorted(config.flags)
+            if "int8" in config.flags:
+                calib = config.int8_calibrator
+                batch_shape = config.calibration_profile.shapes[1]
+                assert calib.get_batch_size() == batch_shape[0]
+                calls["calibration_batches"] = 0
+                while (pointers := calib.get_batch([config.calibration_profile.name])) is not None:
+                    data = memory[pointers[0]][:int(np.prod(batch_shape)) * 4].view(np.float32)
+                    assert -1.0 <= data.min() and data.max() <= 1.0  # prepared images, [-1, 1]
+                    calls["calibration_batches"] += 1
+                calib.write_calibration_cache(b"simulated scales")
+            profile = config.profiles[0]
+            return pickle.dumps({"onnx": network.onnx_bytes, "input": profile.name, "shapes": profile.shapes})
+
+    class Engine:
+        def __init__(self, blob):
+            self.blob = pickle.loads(blob)
+            self.names = [self.blob["input"], "crack"]
+            self.num_io_tensors = 2
+
+        def get_tensor_name(self, i):
+            return self.names[i]
+
+        def get_tensor_mode(self, name):
+            return "input" if name == self.blob["input"] else "output"
+
+        def get_tensor_dtype(self, name):
+            return "float32"
+
+        def get_tensor_profile_shape(self, name, index):
+            return [list(s) for s in self.blob["shapes"]]
+
+        def create_execution_context(self):
+            return ExecutionContext(self)
+
+    class ExecutionContext:
+        def __init__(self, engine):
+            self.engine, self.shape, self.addresses = engine, None, {}
+            self.session = ort.InferenceSession(engine.blob["onnx"], providers=["CPUExecutionProvider"])
+
+        def set_input_shape(self, name, shape):
+            self.shape = tuple(shape)
+            return True
+
+        def get_tensor_shape(self, name):
+            return self.shape if name == self.engine.blob["input"] else self.shape[:3] + (1,)
+
+        def set_tensor_address(self, name, address):
+            self.addresses[name] = address
+
+        def execute_async_v3(self, stream_handle):
+            count = int(np.prod(self.shape))
+            x = memory[self.addresses[self.engine.blob["input"]]][:count * 4].view(np.float32).reshape(self.shape)
+            y = self.session.run(None, {"image": x})[0]
+            memory[self.addresses["crack"]][:y.nbytes] = raw(y)
+            calls["executions"] = calls.get("executions", 0) + 1
+            return True
+
+    trt.Builder, trt.OnnxParser = Builder, Parser
+    trt.Runtime = type("Runtime", (), {"__init__": lambda self, logger: None,
+                                       "deserialize_cuda_engine": lambda self, blob: Engine(blob)})
+    return trt, pycuda, cuda
+
+
+def test_tensorrt_code_paths_on_a_simulated_runtime(tiny_model, synthetic_data, tmp_path, monkeypatch):
+    from crackseg import engines
+    from crackseg.export import build_tensorrt_engine, sample_images
+
+    calls: dict = {}
+    trt, pycuda, cuda = simulated_tensorrt(calls)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+    monkeypatch.setattr(engines, "_TRT_LOGGER", None)
+
+    engine_path, cache = tmp_path / "tiny_int8.engine", tmp_path / "tiny_int8.calib"
+    calibration = sample_images(str(synthetic_data), 6, "train", None)
+    build_tensorrt_engine(tiny_model["onnx"], engine_path, "int8", calibration, calibration_size=32,
+                          calibration_batch=2, calibration_cache=cache, min_size=16, opt_size=32, max_size=128,
+                          max_batch=2)
+    assert engine_path.is_file() and cache.read_bytes() == b"simulated scales"
+    assert calls["calibration_batches"] == 3 and calls["flags"] == ["fp16", "int8"] and calls["network_flags"] == 0
+
+    engine = open_engine(str(engine_path))  # auto: .engine -> tensorrt
+    reference = open_engine(str(tiny_model["onnx"]))
+    assert engine.backend == "tensorrt" and engine.max_batch == 2
+    batch = images([(40, 52), (40, 52), (40, 52), (100, 120)], seed=3)
+    for image, prob in zip(batch, engine.predict_batch(batch)):  # 3 of one size at max batch 2, then a larger one
+        assert prob.shape == image.shape[:2]
+        assert np.abs(prob - reference.predict(image)).max() <= 1e-5
+    assert calls["executions"] == 3
+    with pytest.raises(EngineError, match="optimization profile"):
+        engine.predict(images([(200, 64)])[0])
+    engine.close()
+    assert calls["push"] == calls["pop"] and calls["detach"]

@@ -1,0 +1,213 @@
+"""crackseg.metrics (numpy reference) on hand-computed cases, and crackseg.keras_metrics agreeing with it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crackseg.metrics import MetricAccumulator, counts, dilate, evaluate_arrays, scores
+
+
+def _mask(shape, *pixels):
+    m = np.zeros(shape, bool)
+    for y, x in pixels:
+        m[y, x] = True
+    return m
+
+
+def _score(pred, truth, distance=2):
+    return scores(counts(pred, truth, distance))
+
+
+# ---------------------------------------------------------------------------------------------- strict
+def test_strict_counts_and_scores_on_a_small_array():
+    pred = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 0]], bool)
+    truth = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]], bool)
+    c = counts(pred, truth, distance=0)
+    assert (c["tp"], c["fp"], c["fn"], c["tn"]) == (2, 1, 1, 5)
+    s = scores(c)["strict"]
+    assert s["precision"] == pytest.approx(2 / 3)
+    assert s["recall"] == pytest.approx(2 / 3)
+    assert s["f1"] == pytest.approx(2 / 3)
+    assert s["iou"] == pytest.approx(2 / 4)
+
+
+def test_miou_is_the_mean_of_crack_and_background_iou():
+    pred = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 0]], bool)
+    truth = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]], bool)
+    # crack IoU 2/4; background: tn 5 / (tn 5 + fp 1 + fn 1)
+    assert _score(pred, truth)["miou"] == pytest.approx((2 / 4 + 5 / 7) / 2)
+    r = evaluate_arrays([pred.astype(np.float32)], [truth])
+    assert r["miou"] == pytest.approx((2 / 4 + 5 / 7) / 2)
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError):
+        counts(np.zeros((3, 3), bool), np.zeros((3, 4), bool))
+
+
+# ---------------------------------------------------------------------------------------------- tolerant
+@pytest.mark.parametrize("pred_px, hit", [
+    ((5, 7), True),   # 2 px to the right
+    ((3, 5), True),   # 2 px up
+    ((7, 7), True),   # diagonal: Chebyshev 2 (Euclidean 2.8)
+    ((5, 8), False),  # 3 px away
+    ((8, 7), False),  # Chebyshev 3
+    ((2, 2), False),  # diagonal 3
+])
+def test_tolerance_is_chebyshev_distance_2(pred_px, hit):
+    truth, pred = _mask((11, 11), (5, 5)), _mask((11, 11), pred_px)
+    c = counts(pred, truth, distance=2)
+    assert (c["tp"], c["fp"], c["fn"]) == (0, 1, 1)  # strictly a miss either way
+    t = scores(c)["tolerant"]
+    expected = 1.0 if hit else 0.0
+    assert t["precision"] == t["recall"] == t["f1"] == t["iou"] == expected
+    assert (c["tol_tp"], c["tol_fp"], c["tol_fn"]) == ((1, 0, 0) if hit else (0, 1, 1))
+
+
+def test_tolerance_at_the_image_border():
+    truth, pred = _mask((6, 6), (0, 0)), _mask((6, 6), (2, 2))
+    assert _score(pred, truth)["tolerant"]["f1"] == 1.0
+    assert _score(pred, truth, distance=1)["tolerant"]["f1"] == 0.0
+
+
+def test_tolerant_precision_and_recall_count_different_pixels():
+    truth = np.zeros((11, 11), bool)
+    truth[5, :10] = True  # a 10-pixel crack
+    pred = _mask((11, 11), (5, 5))  # one predicted pixel on it
+    c = counts(pred, truth, 2)
+    # the prediction reaches truth columns 3..7: 5 true pixels hit, 5 missed
+    assert (c["tol_tp"], c["tol_fp"], c["tol_hit"], c["tol_fn"]) == (1, 0, 5, 5)
+    t = scores(c)["tolerant"]
+    assert t["precision"] == 1.0
+    assert t["recall"] == pytest.approx(0.5)
+    assert t["f1"] == pytest.approx(2 / 3)
+    assert t["iou"] == pytest.approx(1 / 6)
+
+
+def test_dilate_is_a_square():
+    d = dilate(_mask((9, 9), (4, 4)), 2)
+    assert d.sum() == 25 and d[2:7, 2:7].all()
+    assert dilate(_mask((3, 3), (1, 1)), 0).sum() == 1
+
+
+# ---------------------------------------------------------------------------------------------- empty cases
+def test_empty_prediction_scores_zero():
+    s = _score(np.zeros((5, 5), bool), _mask((5, 5), (2, 2)))
+    for kind in ("strict", "tolerant"):
+        assert s[kind] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "iou": 0.0}
+
+
+def test_empty_truth_scores_zero():
+    s = _score(_mask((5, 5), (2, 2)), np.zeros((5, 5), bool))
+    for kind in ("strict", "tolerant"):
+        assert s[kind] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "iou": 0.0}
+    assert s["miou"] == pytest.approx((0 + 24 / 25) / 2)
+
+
+def test_both_empty_scores_one():
+    s = _score(np.zeros((5, 5), bool), np.zeros((5, 5), bool))
+    for kind in ("strict", "tolerant"):
+        assert s[kind] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "iou": 1.0}
+    assert s["miou"] == 1.0
+    r = evaluate_arrays([np.zeros((4, 4), np.float32)], [np.zeros((4, 4), bool)])
+    assert r["strict"]["f1"] == r["ods_f1"] == r["ois_f1"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------- dataset level
+def test_counts_are_summed_over_images_micro():
+    truth_a = np.zeros((4, 4), bool)
+    truth_a[0, :4] = True  # 4 crack pixels, 1 found
+    pred_a = _mask((4, 4), (0, 0))
+    truth_b = _mask((4, 4), (3, 0), (3, 1), (3, 2))  # 3 crack pixels, all found, plus 3 false positives
+    pred_b = truth_b.copy()
+    pred_b[1, 1:4] = True
+    r = evaluate_arrays([pred_a.astype(np.float32), pred_b.astype(np.float32)], [truth_a, truth_b], distance=0)
+    # micro: tp 4, fp 3, fn 3 (the macro mean would be P = 0.75, R = 0.625)
+    assert r["images"] == 2
+    assert r["strict"]["precision"] == pytest.approx(4 / 7)
+    assert r["strict"]["recall"] == pytest.approx(4 / 7)
+    assert r["strict"]["f1"] == pytest.approx(4 / 7)
+    assert r["strict"]["iou"] == pytest.approx(4 / 10)
+
+
+def test_threshold_is_inclusive():
+    truth = _mask((2, 2), (0, 0))
+    prob = np.array([[0.5, 0.0], [0.0, 0.0]], np.float32)
+    assert evaluate_arrays([prob], [truth], threshold=0.5)["strict"]["f1"] == 1.0
+    assert evaluate_arrays([prob], [truth], threshold=0.51)["strict"]["f1"] == 0.0
+
+
+def test_ods_and_ois_on_hand_made_probability_maps():
+    truth1, prob1 = np.array([[1, 1, 0, 0]], bool), np.array([[0.9, 0.6, 0.4, 0.1]], np.float32)
+    truth2, prob2 = np.array([[1, 0, 0, 0]], bool), np.array([[0.3, 0.8, 0.1, 0.1]], np.float32)
+    r = evaluate_arrays([prob1, prob2], [truth1, truth2])
+    # image 1 is perfect for t in (0.4, 0.6]; image 2 at best F1 2/3 for t in (0.1, 0.3]
+    assert r["ois_f1"] == pytest.approx((1 + 2 / 3) / 2)
+    # dataset: t in (0.1, 0.3] gives tp 3, fp 2, fn 0 -> F1 6/8, the best; first such threshold 0.11
+    assert r["ods_f1"] == pytest.approx(0.75)
+    assert r["ods_threshold"] == pytest.approx(0.11)
+    # at the default 0.5: tp 2, fp 1, fn 1
+    assert r["strict"]["f1"] == pytest.approx(4 / 6)
+
+
+def test_accumulator_rejects_mismatched_shapes():
+    with pytest.raises(ValueError):
+        MetricAccumulator().update(np.zeros((3, 3)), np.zeros((3, 4), bool))
+
+
+# ---------------------------------------------------------------------------------------------- Keras metrics
+def _random_batch(seed, n=4, size=32):
+    """Different images: random thin cracks and noisy predictions near them."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((n, size, size), bool)
+    for i in range(n):
+        for _ in range(i + 1):  # a different number of cracks per image
+            r = rng.integers(0, size)
+            truth[i, r, rng.integers(0, size // 2):rng.integers(size // 2, size)] = True
+    prob = rng.uniform(0, 0.45, truth.shape)
+    shifted = np.roll(truth, rng.integers(-3, 4), axis=1)  # predictions offset by up to 3 px
+    prob[shifted] = rng.uniform(0.4, 1.0, int(shifted.sum()))
+    prob[rng.random(truth.shape) < 0.02] = 0.9  # scattered false positives
+    return prob.astype(np.float32), truth
+
+
+def test_keras_crack_metrics_agree_with_the_numpy_reference():
+    from crackseg.keras_metrics import KINDS, CrackMetric
+
+    batches = [_random_batch(1), _random_batch(2), _random_batch(3, n=3)]
+    probs = np.concatenate([b[0] for b in batches])
+    truths = np.concatenate([b[1] for b in batches])
+    assert len({t.sum() for t in truths}) > 1  # the images differ
+    ref = evaluate_arrays(list(probs), list(truths), threshold=0.5, distance=2)
+    for tolerant in (False, True):
+        for kind in KINDS:
+            metric = CrackMetric(kind, tolerant=tolerant, threshold=0.5, distance=2)
+            for prob, truth in batches:
+                y_true = np.stack([1.0 - truth, truth], -1).astype(np.float32)
+                y_pred = np.stack([1.0 - prob, prob], -1)
+                metric.update_state(y_true, y_pred)
+            expected = ref["tolerant" if tolerant else "strict"][kind]
+            assert float(metric.result()) == pytest.approx(expected, abs=1e-5), (kind, tolerant)
+            metric.reset_state()
+            assert float(metric.result()) == 1.0  # nothing seen: the empty case
+
+
+def test_keras_metric_per_image_tolerance_does_not_cross_images():
+    from crackseg.keras_metrics import CrackMetric
+
+    truth = np.zeros((2, 8, 8), bool)
+    truth[0, 4, 4] = True  # crack only in image 0
+    pred = np.zeros((2, 8, 8), np.float32)
+    pred[1, 4, 4] = 1.0  # prediction at the same place in image 1
+    metric = CrackMetric("f1", tolerant=True)
+    metric.update_state(np.stack([1.0 - truth, truth], -1).astype(np.float32), np.stack([1 - pred, pred], -1))
+    assert float(metric.result()) == 0.0
+    assert evaluate_arrays(list(pred), list(truth))["tolerant"]["f1"] == 0.0
+
+
+def test_keras_metric_names_and_bad_kind():
+    from crackseg.keras_metrics import CrackMetric, crack_metrics
+
+    assert [m.name for m in crack_metrics()] == ["precision", "recall", "f1", "iou", "tol_f1"]
+    with pytest.raises(ValueError):
+        CrackMetric("accuracy")

@@ -1,0 +1,115 @@
+"""A tiny end-to-end distillation on synthetic data: teacher -> Train_2 soft labels -> Train_3 student (standard and
+no-teacher baseline) -> a deployable model with one output + its model card."""
+from __future__ import annotations
+
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ("--width=4", "--blocks=1")
+FAST = ("--epochs=1", "--crop=64", "--batch_size=4", "--profile_size=64")
+
+
+def run_script(script: str, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                            timeout=timeout)
+    return result
+
+
+def run_in_process(monkeypatch, capsys, script: str, *args: str) -> str:
+    """Run a script as ``__main__`` in this process (TensorFlow is already imported: saves ~10 s a run)."""
+    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
+    monkeypatch.chdir(REPO)
+    runpy.run_path(str(REPO / script), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def kd_run(tmp_path_factory, synthetic_data) -> dict:
+    """A tiny untrained teacher (the pipeline, not its quality, is under test), its labels and a standard student."""
+    import model
+
+    root = tmp_path_factory.mktemp("kd")
+    teacher = root / "teacher" / "best.keras"
+    teacher.parent.mkdir()
+    model.build_model("student", None, width=4, blocks=1).save(teacher)
+    data = ("--data", synthetic_data, "--lists=none")
+    labels = root / "labels"
+    train2 = ok(run_script("Train_2_Step.py", f"--teacher={teacher}", *data, f"--out={labels}"))
+    deploy = root / "weights" / "student.keras"
+    train3 = ok(run_script("Train_3_Step.py", *data, f"--labels={labels}", *TINY, *FAST, f"--out={root / 'student'}",
+                           f"--deploy={deploy}"))
+    return {"root": root, "teacher": teacher, "data": data, "labels": labels, "deploy": deploy,
+            "train2": train2, "train3": train3}
+
+
+def test_train2_writes_labels_for_each_split(kd_run):
+    labels = kd_run["labels"]
+    assert "train: 11 written, 0 already there" in kd_run["train2"]
+    assert "val: 1 written" in kd_run["train2"] and "test: no images" in kd_run["train2"]
+    for split, n in (("train", 11), ("val", 1)):
+        manifest = json.loads((labels / split / "manifest.json").read_text())
+        assert manifest["temperature"] == 10.0 and manifest["split"] == split and len(manifest["images"]) == n
+        from crackseg.io import sha256
+
+        assert manifest["teacher_sha256"] == sha256(kd_run["teacher"])
+        assert len(list((labels / split).rglob("*.npz"))) == n
+    crack = np.load(next((labels / "train").rglob("*.npz")))["crack"]
+    assert crack.shape == (96, 128, 4) and crack.dtype == np.float32
+
+
+def test_train2_resumes_and_refuses_another_temperature(kd_run, monkeypatch, capsys):
+    args = (f"--teacher={kd_run['teacher']}", *kd_run["data"], f"--out={kd_run['labels']}")
+    assert "train: 0 written, 11 already there" in run_in_process(monkeypatch, capsys, "Train_2_Step.py", *args)
+    with pytest.raises(SystemExit) as refused:
+        run_in_process(monkeypatch, capsys, "Train_2_Step.py", *args, "--temperature=5")
+    line = str(refused.value.code)
+    assert "\n" not in line and line.startswith("error: ") and "T=10" in line and "T=5" in line
+    assert "--rebuild" in line
+
+
+def test_student_is_deployable_with_one_output_and_a_card(kd_run):
+    import keras
+
+    import model  # noqa: F401  (custom layers)
+    from crackseg.card import read_card
+    from crackseg.preprocess import prepare
+    from crackseg.train_steps import load_keras_model
+
+    out = kd_run["train3"]
+    assert "strategy standard: T0=0 T1=10 T2=1, alpha=0.9" in out and "deployable student" in out
+    deployed = keras.models.load_model(kd_run["deploy"], compile=False)
+    assert len(deployed.outputs) == 1 and deployed.output_shape == (None, None, None, 1)
+    card = read_card(kd_run["deploy"], verify=True)
+    assert card["strategy"] == "standard" and (card["t0"], card["t1"], card["t2"]) == (0.0, 10.0, 1.0)
+    assert card["alpha"] == 0.9 and card["preset"] == "student" and card["architecture"]["width"] == 4
+    assert card["params"] == deployed.count_params() and card["gflops"] > 0
+    assert 0 < card["threshold"] < 1 and card["validation"]["images"] == 1
+    assert card["teacher"]["sha256"] and card["images"] == {"train": 11, "val": 1, "test": 0}
+    # the deployed network is the trained real head: mix at T2, crack channel
+    trained = load_keras_model(kd_run["root"] / "student" / "best.keras")
+    x, _ = prepare(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    real = np.asarray(trained(x, training=False)["real"])[..., 1]
+    assert np.abs(np.asarray(deployed(x, training=False))[..., 0] - real).max() < 1e-5
+
+
+def test_no_teacher_baseline_trains_the_same_student(kd_run, monkeypatch, capsys):
+    deploy = kd_run["root"] / "weights" / "student_nokd.keras"
+    out = run_in_process(monkeypatch, capsys, "Train_3_Step.py", *kd_run["data"], "--strategy=none",
+                         "--labels=/nonexistent", *TINY, *FAST, f"--out={kd_run['root'] / 'student_nokd'}",
+                         f"--deploy={deploy}")
+    assert "strategy none: T0=0 T1=1 T2=1" in out
+    card = json.loads(deploy.with_suffix(".json").read_text())
+    assert card["strategy"] == "none" and card["teacher"] is None
+    assert card["params"] == json.loads(kd_run["deploy"].with_suffix(".json").read_text())["params"]
