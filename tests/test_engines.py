@@ -171,9 +171,7 @@ def simulated_tensorrt(calls: dict):
     class DeviceAllocation:
         def __init__(self, nbytes):
             self.buf = np.zeros(int(nbytes), np.uint8)
-            self.address = 4096 * (len(memory) + 1) + id(self) % 4096 * 0
-            while self.address in memory:
-                self.address += 4096
+            self.address = 4096 * (max(memory, default=0) // 4096 + 1)  # fresh, never reused
             memory[self.address] = self.buf
 
         def __int__(self):
