@@ -35,7 +35,7 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from crackseg.data import IMAGE_EXTS, MASK_EXTS, DataError, read_image, read_mask  # noqa: E402
+from crackseg.data import IMAGE_EXTS, MASK_EXTS, DataError, decode_file, read_image, read_mask  # noqa: E402
 from crackseg.io import atomic_write_json  # noqa: E402
 from crackseg.metrics import MetricAccumulator, format_report  # noqa: E402
 
@@ -91,10 +91,10 @@ def pair_files(inputs: dict[str, Path], truths: dict[str, Path], what: str,
 def read_prediction(path: str | Path) -> np.ndarray:
     """A saved prediction as float32 HxW crack probability in [0, 1]."""
     path = Path(path)
-    data = np.fromfile(path, np.uint8) if path.is_file() else None
-    pred = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data is not None and data.size else None
-    if pred is None:
-        raise _fail(f"{path}: cannot read prediction (missing, empty or not an image)")
+    try:
+        pred = decode_file(path, cv2.IMREAD_UNCHANGED, "prediction")
+    except DataError as exc:
+        raise _fail(str(exc)) from None
     if pred.ndim == 3:
         if pred.shape[2] == 4 or not all(np.array_equal(pred[..., 0], pred[..., c]) for c in range(1, pred.shape[2])):
             raise _fail(f"{path}: prediction is a colour image; expected one grey channel")

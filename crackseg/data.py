@@ -39,14 +39,19 @@ class Sample:
 
 
 # ---------------------------------------------------------------------------------------------- reading files
-def read_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 HxWx3."""
+def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED, what: str = "image") -> np.ndarray:
+    """An image file decoded by OpenCV (any path, unicode included); DataError naming the file if it can't be."""
     path = Path(path)
     data = np.fromfile(path, np.uint8) if path.is_file() else None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
-    if image is None:
-        raise DataError(f"{path}: cannot read image (missing, empty or not an image)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    decoded = cv2.imdecode(data, flags) if data is not None and data.size else None
+    if decoded is None:
+        raise DataError(f"{path}: cannot read {what} (missing, empty or not an image)")
+    return decoded
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """RGB uint8 HxWx3."""
+    return cv2.cvtColor(decode_file(path, cv2.IMREAD_COLOR, "image"), cv2.COLOR_BGR2RGB)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -64,10 +69,7 @@ def read_mask(path: str | Path) -> np.ndarray:
         if seg.ndim != 2 or not np.issubdtype(seg.dtype, np.integer):
             raise DataError(f"{path}: Segmentation is not a 2-D integer label map (shape {seg.shape}, {seg.dtype})")
         return seg == 2
-    data = np.fromfile(path, np.uint8) if path.is_file() else None
-    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data is not None and data.size else None
-    if mask is None:
-        raise DataError(f"{path}: cannot read mask (missing, empty or not an image)")
+    mask = decode_file(path, cv2.IMREAD_UNCHANGED, "mask")
     if mask.ndim == 3:
         if not (np.array_equal(mask[..., 0], mask[..., 1]) and np.array_equal(mask[..., 0], mask[..., 2])):
             raise DataError(f"{path}: mask is a colour image; expected a single-channel 0/255 or 0/1 mask")
