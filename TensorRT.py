@@ -4,6 +4,7 @@
     python TensorRT.py --model student --onnx /tmp/untrained.onnx                    # a preset: toolchain check
     python TensorRT.py --model weights/student.keras --onnx weights/student.onnx \\
                        --engine weights/student_fp16.engine --precision fp16
+    python TensorRT.py --model weights/student.keras --no-fast                       # skip student_fast.onnx
     python TensorRT.py --model weights/student.onnx --engine weights/student_int8.engine --precision int8 \\
                        --calib_data ../shared/datasets                                # on a Jetson: no TensorFlow
 
@@ -27,6 +28,8 @@ threshold = None                   # mask threshold for the parity check; None: 
 data = "../shared/datasets"        # real images: parity on the val split, INT8 calibration on the train split
 lists = "datasets/splits"          # folder with train.txt / val.txt; "none": seeded split
 parity_images = 8
+fast = True                        # also write the clean fast-CPU export beside --onnx (student_fast.onnx), checked
+                                   # on OpenVINO (the CPU default backend) against Keras
 # TensorRT -------------------------------------------------------------------------------------------------------
 engine = ""                        # engine output, e.g. weights/student_fp16.engine; "" = ONNX only
 precision = "fp16"                 # fp32 | fp16 | int8
@@ -71,7 +74,29 @@ def export_and_check() -> Path:
     print(f"model card: {card}")
     if not result["passed"]:
         sys.exit(f"error: {out}: ONNX Runtime does not match Keras (see the parity line above)")
+    if fast:
+        export_fast(net, reference, images, out)
     return out
+
+
+def export_fast(net, reference, images, plain_onnx: Path) -> None:
+    """The clean export (native InstanceNormalization / dilated Conv) beside the plain one, parity-checked on
+    OpenVINO and ONNX Runtime against Keras; its own model card entry ``onnx_fast``."""
+    from crackseg.engines import OpenVinoEngine, fast_onnx_for
+
+    out = ex.export_onnx(net, fast_onnx_for(plain_onnx), opset, clean=True)
+    summary = ex.onnx_summary(out)
+    print(f"ONNX (fast CPU): wrote {out} ({summary['nodes']} nodes vs {ex.onnx_summary(plain_onnx)['nodes']})")
+    results = {}
+    for candidate in (OpenVinoEngine(str(out), reference.threshold), OnnxEngine(str(out), reference.threshold)):
+        results[candidate.backend] = ex.parity_check(reference, candidate, images, reference.threshold)
+        print(ex.format_parity(results[candidate.backend]))
+        candidate.close()
+    card = ex.write_export_card(None if reference.name.endswith("-untrained") else model, out, "onnx_fast",
+                                {"opset": opset, "nodes": summary["nodes"], "parity_vs_keras": results})
+    print(f"model card: {card}")
+    if not all(r["passed"] for r in results.values()):
+        sys.exit(f"error: {out}: the fast export does not match Keras (see the parity lines above)")
 
 
 def build_engine(onnx_path: Path) -> None:

@@ -24,7 +24,7 @@ from crackseg.config import configure  # noqa: E402
 
 source = "0"                      # camera index | video file | rtsp:// http:// URL | folder of images
 model = "weights/student.onnx"    # .onnx | .engine | .keras | preset name (untrained)
-backend = "auto"                  # auto | onnx | tensorrt | keras
+backend = "auto"                  # auto (CPU: openvino, see README.md (Inference speed)) | openvino | onnx | tensorrt | keras
 threshold = None                  # None: from the model card (default 0.5)
 max_side = 0                      # shrink frames so the longer side is at most this before inference (0: as read)
 headless = False                  # no window

@@ -24,7 +24,7 @@ masks = None          # ground-truth folder (both modes)
 json = None           # write the report here as JSON
 threshold = None      # None: the model card's (--model) or 0.5
 distance = 2          # tolerance of the tolerant metrics (Chebyshev pixels)
-backend = "auto"      # --model only: auto | keras | onnx | tensorrt
+backend = "auto"      # --model only: auto (CPU: openvino) | keras | onnx | openvino | tensorrt
 subset = None         # a split list file: evaluate only the images it names
 
 config = configure(globals(), __doc__)

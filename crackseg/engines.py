@@ -1,4 +1,4 @@
-"""One inference interface over every model format: Keras/TF, ONNX Runtime and TensorRT.
+"""One inference interface over every model format: Keras/TF, ONNX Runtime, OpenVINO (CPU) and TensorRT.
 
     engine = open_engine("weights/student.onnx")          # backend from the suffix; threshold from the model card
     prob = engine.predict(rgb_uint8)                       # float32 HxW crack probability
@@ -252,6 +252,92 @@ class OnnxEngine(Engine):
             self._cleanup()
 
 
+# ---------------------------------------------------------------------------------------------- OpenVINO (CPU)
+FAST_ONNX_SUFFIX = "_fast"  # weights/student.onnx -> weights/student_fast.onnx (clean export, TensorRT.py --fast)
+
+
+def fast_onnx_for(onnx_path: str | Path) -> Path:
+    """The clean (fast-CPU) export that ships beside an ONNX file: ``student.onnx`` -> ``student_fast.onnx``."""
+    onnx_path = Path(onnx_path)
+    if onnx_path.stem.endswith(FAST_ONNX_SUFFIX):
+        return onnx_path
+    return onnx_path.with_name(f"{onnx_path.stem}{FAST_ONNX_SUFFIX}{onnx_path.suffix}")
+
+
+class OpenVinoEngine(Engine):
+    """OpenVINO on the CPU: the default on machines without an NVIDIA GPU (chosen by benchmark.py; README, Inference speed).
+
+    Reads the clean export beside an ONNX file (``student_fast.onnx``: native InstanceNormalization and dilated
+    convolutions) when it exists, else the file itself; a ``.keras`` file or preset is exported clean to a temporary
+    file. One compiled model per input shape (static shapes compile to faster kernels), latency hint, one stream,
+    ``threads`` inference threads (0: all cores). ``precision`` "f32" keeps the fp32 masks; "bf16" is only honoured
+    on CPUs that report BF16 (AMX / AVX-512 BF16).
+    """
+
+    backend = "openvino"
+    max_shapes = 4  # compiled input shapes kept (a camera has one; evaluation folders a few)
+
+    def __init__(self, path_or_preset: str, threshold: float | None = None, threads: int = 0,
+                 precision: str = "f32"):
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise EngineError(f"{path_or_preset}: the openvino backend needs openvino ({exc})") from None
+        preset = is_preset(path_or_preset)
+        card = {} if preset else read_model_card(path_or_preset)
+        name = f"{path_or_preset}-untrained" if preset else Path(path_or_preset).stem
+        super().__init__(name, resolve_threshold(card, threshold), card, str(path_or_preset))
+        path = Path(path_or_preset)
+        if path.suffix.lower() in ONNX_SUFFIXES:
+            if not path.is_file():
+                raise EngineError(f"{path}: ONNX file not found")
+            onnx_path = fast_onnx_for(path) if fast_onnx_for(path).is_file() else path
+        elif path.suffix.lower() in KERAS_SUFFIXES or preset:
+            from .export import export_onnx
+
+            tmp = tempfile.mkdtemp(prefix="crackseg_openvino_")
+            self._cleanup = weakref.finalize(self, shutil.rmtree, tmp, True)
+            onnx_path = export_onnx(load_deployable_keras(path_or_preset), Path(tmp) / "model.onnx", clean=True)
+        else:
+            raise EngineError(f"{path}: the openvino backend reads .onnx, .keras or a preset")
+        self.onnx_path = onnx_path
+        self.core = ov.Core()
+        capabilities = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        self.precision = "bf16" if precision == "bf16" and "BF16" in capabilities else "f32"
+        self.config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": self.precision}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.model = self.core.read_model(str(onnx_path))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise EngineError(f"{onnx_path}: OpenVINO cannot read it ({exc})") from None
+        self._compiled: dict[tuple[int, ...], object] = {}
+
+    def _request(self, shape: tuple[int, ...]):
+        if shape not in self._compiled:
+            if len(self._compiled) >= self.max_shapes:
+                self._compiled.pop(next(iter(self._compiled)))
+            model = self.model.clone()
+            model.reshape({model.inputs[0].any_name: list(shape)})
+            compiled = self.core.compile_model(model, "CPU", self.config)
+            self._compiled[shape] = compiled.create_infer_request()
+        return self._compiled[shape]
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        request = self._request(tuple(batch.shape))
+        request.infer({0: batch})
+        return np.array(request.get_output_tensor(0).data, copy=True)
+
+    def describe(self) -> str:
+        return f"{super().describe()} ({Path(self.onnx_path).name}, {self.precision})"
+
+    def close(self) -> None:
+        self._compiled.clear()
+        self.model = None
+        if hasattr(self, "_cleanup"):
+            self._cleanup()
+
+
 # ---------------------------------------------------------------------------------------------- TensorRT
 class TensorRTEngine(Engine):
     """TensorRT >= 8.5 name-based tensor API (``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``).
@@ -385,6 +471,7 @@ _TRT_LOGGER = None
 _BACKENDS: dict[str, Callable[..., Engine]] = {
     "keras": KerasEngine,
     "onnx": OnnxEngine,
+    "openvino": OpenVinoEngine,
     "tensorrt": TensorRTEngine,
 }
 
@@ -404,18 +491,32 @@ def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def default_cpu_backend() -> str:
+    """The measured-fastest CPU runtime installed here (benchmark.py, README.md (Inference speed)): OpenVINO on the clean
+    export, else ONNX Runtime. A machine whose ONNX Runtime has CUDA keeps ONNX Runtime (it runs on the GPU)."""
+    if _has_module("onnxruntime"):
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return "onnx"
+    if _has_module("openvino"):
+        return "openvino"
+    return "onnx"
+
+
 def choose_backend(path_or_preset: str) -> str:
-    """What ``backend="auto"`` means: the file's own format; a preset runs on ONNX Runtime when installed (the
-    default on machines without NVIDIA), else Keras."""
+    """What ``backend="auto"`` means: TensorRT for engines, Keras for ``.keras``; an ONNX file or a preset runs on
+    the fastest CPU runtime installed (OpenVINO, then ONNX Runtime; ONNX Runtime when it has CUDA), a preset on
+    Keras when neither is installed."""
     suffix = Path(path_or_preset).suffix.lower()
     if suffix in TENSORRT_SUFFIXES:
         return "tensorrt"
     if suffix in KERAS_SUFFIXES:
         return "keras"
     if suffix in ONNX_SUFFIXES:
-        return "onnx"
+        return default_cpu_backend()
     if is_preset(path_or_preset):
-        return "onnx" if _has_module("onnxruntime") else "keras"
+        return default_cpu_backend() if _has_module("onnxruntime") or _has_module("openvino") else "keras"
     raise EngineError(f"{path_or_preset}: unknown model format {suffix!r} (expected "
                       f"{', '.join(KERAS_SUFFIXES + ONNX_SUFFIXES + TENSORRT_SUFFIXES)} or a preset name)")
 

@@ -27,14 +27,14 @@ def keras_engine(tiny_model):
 
 @pytest.fixture(scope="module")
 def onnx_engine(tiny_model):
-    return open_engine(str(tiny_model["onnx"]))
+    return open_engine(str(tiny_model["onnx"]), backend="onnx")
 
 
 def test_backends_and_threshold_from_card(keras_engine, onnx_engine):
     assert keras_engine.backend == "keras" and onnx_engine.backend == "onnx"
     assert keras_engine.threshold == onnx_engine.threshold == TINY_THRESHOLD
     assert keras_engine.name == onnx_engine.name == "tiny"
-    assert set(backends()) >= {"keras", "onnx", "tensorrt"}
+    assert set(backends()) >= {"keras", "onnx", "openvino", "tensorrt"}
 
 
 def test_threshold_override_and_default(tiny_model, tmp_path):
@@ -113,8 +113,9 @@ def test_bad_inputs_give_one_line_errors(tiny_model, tmp_path, onnx_engine):
 def test_choose_backend():
     assert choose_backend("weights/student.engine") == "tensorrt"
     assert choose_backend("x.keras") == "keras"
-    assert choose_backend("x.onnx") == "onnx"
-    assert choose_backend("student") == "onnx"  # onnxruntime is installed here
+    # CPU-only machine with OpenVINO installed: the measured-fastest CPU runtime (README.md (Inference speed)) is the default.
+    assert choose_backend("x.onnx") == "openvino"
+    assert choose_backend("student") == "openvino"
 
 
 def test_tensorrt_backend_without_tensorrt_says_so(tiny_model):

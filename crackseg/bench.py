@@ -1,0 +1,411 @@
+"""Side-by-side speed of every backend / precision on the same images, plus the camera and training pipelines.
+
+Used by ``benchmark.py``. What is measured, per backend:
+
+* latency: median of ``runs`` timed ``engine.predict`` calls (preprocess + inference + crop back, batch 1) after
+  ``warmup`` untimed ones; images/s = 1000 / median latency;
+* peak memory: the process's resident set size (RSS, /proc/self/statm) sampled every 5 ms from before the engine is
+  opened until its last timed run, peak minus the value before opening (native allocations included);
+* quality on validation images: strict F1 (``MetricAccumulator`` at the model's threshold) minus Keras fp32's,
+  and the share of mask pixels equal to Keras fp32's (the only meaningful number for an untrained model).
+
+Ratios measured in one run are what carry across machines; absolute times depend on the CPU and its load.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from .engines import Engine, EngineError, OnnxEngine, OpenVinoEngine, is_preset
+from .metrics import MetricAccumulator
+
+ROW_KEYS = ("backend", "precision", "images_per_s", "latency_ms", "ratio_vs_keras_fp32", "f1_delta",
+            "mask_agreement_pct", "f1", "peak_rss_delta_mb", "model_file", "note")
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def benchmark_images(size: int, count: int, data: str | None, lists: str | None, seed: int = 0
+                     ) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+    """``count`` validation (image, mask) pairs centre-cropped to ``size``: real ones from ``data`` when it holds
+    a dataset, else synthetic pavement (``datasets/synthetic.py``). Returns (images, masks, description)."""
+    from .data import DataError, load_pair, load_split
+    from .export import square_crop
+
+    if data and Path(data).is_dir():
+        try:
+            splits = load_split(data, lists)
+            samples = splits["val"] or splits["train"]
+            picks = np.unique(np.linspace(0, len(samples) - 1, min(count, len(samples))).round().astype(int))
+            images, masks = [], []
+            for i in picks:
+                image, mask = load_pair(samples[i])
+                images.append(square_crop(image, size))
+                masks.append(square_crop(mask.astype(np.uint8) * 255, size) > 127)
+            return images, masks, f"{len(images)} real validation images from {data}, centre crops {size}x{size}"
+        except DataError as exc:
+            print(f"data: {exc}; using synthetic images")
+    from datasets.synthetic import sample
+
+    rng = np.random.default_rng(seed)
+    pairs = [sample(rng, size, size) for _ in range(count)]
+    return [p[0] for p in pairs], [p[1] for p in pairs], f"{count} synthetic images {size}x{size}"
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRss:
+    """Peak resident set size while active, sampled every ``interval`` s by a thread (Linux /proc)."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.start, self.peak = interval, 0, 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "PeakRss":
+        self.start = self.peak = _rss_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def delta_mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+# ---------------------------------------------------------------------------------------------- backends
+@dataclass
+class Candidate:
+    """A backend / precision to measure: ``open()`` returns a ready engine (or raises EngineError)."""
+
+    backend: str
+    precision: str
+    open: Callable[[], Engine]
+    note: str = ""
+    model_file: str = ""
+
+
+class KerasMixedEngine(Engine):
+    """The Keras model rebuilt under the ``mixed_bfloat16`` policy (bf16 compute, fp32 weights and output)."""
+
+    backend = "keras"
+
+    def __init__(self, reference_net, threshold: float, name: str):
+        import keras
+        import tensorflow as tf
+
+        import model as mcff
+
+        super().__init__(name, threshold)
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        try:
+            net = mcff.deploy_model(mcff.build_model(mcff.infer_preset(reference_net), None))
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        source = {layer.name: layer for layer in reference_net.layers}
+        for layer in net.layers:
+            if layer.weights and layer.name in source:
+                layer.set_weights(source[layer.name].get_weights())
+        signature = (tf.TensorSpec((None, None, None, 3), tf.float32),)
+        self._forward = tf.function(lambda x: tf.cast(net(x, training=False), tf.float32),
+                                    input_signature=signature)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._forward(batch).numpy()
+
+
+def quantize_int8(onnx_path: Path, out_path: Path, calibration: list[np.ndarray]) -> Path:
+    """ONNX Runtime static QDQ int8 (per-channel weights, u8 activations) calibrated on real images."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
+                                          quantize_static)
+
+    from .preprocess import prepare
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"image": prepare(image)[0]} for image in calibration])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    prepared = out_path.with_name(out_path.stem + "_pre.onnx")
+    try:
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+        source = prepared
+    except Exception:  # pre-processing is an optimisation; quantise the plain graph when it fails
+        source = onnx_path
+    quantize_static(str(source), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    op_types_to_quantize=["Conv", "ConvTranspose"])  # no int8 InstanceNormalization kernel exists
+    return out_path
+
+
+def candidates(model_spec: str, workdir: Path, calibration: list[np.ndarray], threads: int,
+               skip: tuple[str, ...] = ()) -> tuple[list[Candidate], object, float]:
+    """Every backend / precision available here for ``model_spec`` (a ``.keras`` file or a preset).
+
+    Returns (candidates, the deployable Keras model, threshold). ONNX files are exported into ``workdir``: the
+    plain tf2onnx export (what ``student.onnx`` is) and the clean one (``student_fast.onnx``).
+    """
+    from .engines import KerasEngine, load_deployable_keras, read_model_card, resolve_threshold
+    from .export import export_onnx, tensorrt_status
+
+    net = load_deployable_keras(model_spec)
+    threshold = resolve_threshold({} if is_preset(model_spec) else read_model_card(model_spec), None)
+    name = f"{model_spec}-untrained" if is_preset(model_spec) else Path(model_spec).stem
+    plain = export_onnx(net, workdir / "model.onnx")
+    clean = export_onnx(net, workdir / "model_fast.onnx", clean=True)
+    found = [
+        Candidate("keras", "fp32", lambda: KerasEngine(model_spec, threshold, net=net), "TF/oneDNN"),
+        Candidate("keras", "mixed_bf16", lambda: KerasMixedEngine(net, threshold, name),
+                  "mixed_bfloat16 policy (no native bf16 here unless the CPU has AVX-512 BF16 / AMX)"),
+        Candidate("onnxruntime", "fp32", lambda: _ort(plain, threshold, threads), "plain tf2onnx export",
+                  plain.name),
+        Candidate("onnxruntime", "fp32-clean", lambda: _ort(clean, threshold, threads),
+                  "clean export: InstanceNormalization + dilated Conv", clean.name),
+        Candidate("onnxruntime", "int8", lambda: _ort(quantize_int8(clean, workdir / "model_int8.onnx", calibration),
+                                                      threshold, threads),
+                  f"static QDQ, {len(calibration)} calibration images", "model_int8.onnx"),
+        Candidate("openvino", "fp32", lambda: OpenVinoEngine(str(plain), threshold, threads), "plain export",
+                  plain.name),
+        Candidate("openvino", "fp32-clean", lambda: OpenVinoEngine(str(clean), threshold, threads),
+                  "clean export, latency hint (the CPU default)", clean.name),
+    ]
+    import openvino as ov
+
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        found.append(Candidate("openvino", "bf16-clean", lambda: OpenVinoEngine(str(clean), threshold, threads,
+                                                                               precision="bf16"),
+                               "clean export, bf16 inference precision", clean.name))
+    if tensorrt_status()[0]:
+        from .engines import TensorRTEngine
+
+        found.append(Candidate("tensorrt", "fp32", lambda: TensorRTEngine(str(plain), threshold), "built in memory"))
+    return [c for c in found if f"{c.backend}:{c.precision}" not in skip and c.backend not in skip], net, threshold
+
+
+def _ort(path: Path, threshold: float, threads: int) -> OnnxEngine:
+    engine = OnnxEngine(str(path), threshold, providers=["CPUExecutionProvider"])
+    if threads:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        engine.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return engine
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def time_predict(engine: Engine, image: np.ndarray, runs: int, warmup: int) -> list[float]:
+    """Seconds of each of ``runs`` ``engine.predict(image)`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        engine.predict(image)
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        engine.predict(image)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def measure(candidate: Candidate, images: list[np.ndarray], masks: list[np.ndarray], runs: int, warmup: int,
+            reference_masks: list[np.ndarray] | None) -> tuple[dict, list[np.ndarray]]:
+    """One benchmark row for ``candidate`` and its masks on ``images`` (for the agreement of later rows)."""
+    with PeakRss() as memory:
+        engine = candidate.open()
+        seconds = time_predict(engine, images[0], runs, warmup)
+    accumulator = MetricAccumulator(engine.threshold)
+    predicted = []
+    for image, truth in zip(images, masks):
+        prob = engine.predict(image)
+        accumulator.update(prob, truth)
+        predicted.append(engine.mask(prob))
+    engine.close()
+    latency = float(np.median(seconds)) * 1000
+    agreement = None
+    if reference_masks is not None:
+        same = sum(int((a == b).sum()) for a, b in zip(predicted, reference_masks))
+        agreement = 100.0 * same / sum(m.size for m in predicted)
+    row = {"backend": candidate.backend, "precision": candidate.precision, "images_per_s": 1000.0 / latency,
+           "latency_ms": latency, "ratio_vs_keras_fp32": None, "f1_delta": None,
+           "mask_agreement_pct": agreement, "f1": accumulator.result()["strict"]["f1"],
+           "peak_rss_delta_mb": memory.delta_mb, "model_file": candidate.model_file, "note": candidate.note,
+           "runs": runs, "latency_min_ms": min(seconds) * 1000}
+    return row, predicted
+
+
+def backend_rows(model_spec: str, images: list[np.ndarray], masks: list[np.ndarray], runs: int, warmup: int,
+                 threads: int = 0, skip: tuple[str, ...] = (), log: Callable[[str], None] = print) -> list[dict]:
+    """Measure every available backend on the same images; ratios and F1 deltas are against Keras fp32."""
+    with tempfile.TemporaryDirectory(prefix="crackseg_bench_") as tmp:
+        found, _, _ = candidates(model_spec, Path(tmp), images, threads, skip)
+        rows, reference = [], None
+        for candidate in found:
+            log(f"measuring {candidate.backend} {candidate.precision} ...")
+            try:
+                row, predicted = measure(candidate, images, masks, runs, warmup, reference)
+            except (EngineError, RuntimeError, ValueError, ImportError) as exc:
+                log(f"  skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                continue
+            if candidate.backend == "keras" and candidate.precision == "fp32":
+                reference = predicted
+                row["mask_agreement_pct"] = 100.0
+            rows.append(row)
+            log(f"  {row['latency_ms']:.0f} ms, {row['images_per_s']:.2f} images/s")
+    base = next((r for r in rows if r["backend"] == "keras" and r["precision"] == "fp32"), None)
+    for row in rows:
+        if base:
+            row["ratio_vs_keras_fp32"] = row["images_per_s"] / base["images_per_s"]
+            row["f1_delta"] = row["f1"] - base["f1"]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- pipelines
+def camera_pipeline(engine: Engine, frames: list[np.ndarray], overlap: bool, jpeg_quality: int = 80) -> float:
+    """Frames per second of camera.py's per-frame work on JPEG-encoded ``frames``: decode -> predict (preprocess
+    + inference) -> crack statistics -> overlay (``viz.annotate``) -> JPEG encode. With ``overlap`` decoding of the
+    next frame and overlay/encoding of the previous one run on a thread while the current frame is inferred."""
+    from . import viz
+    from .measure import crack_stats, format_stats
+    from .stream import encode_jpeg
+
+    encoded = [cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))[1].tobytes() for f in frames]
+
+    def decode(data: bytes) -> np.ndarray:
+        return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+    def finish(frame: np.ndarray, mask: np.ndarray) -> bytes:
+        stats = crack_stats(mask)
+        out = viz.annotate(frame, mask, [f"{engine.name} [{engine.backend}]", format_stats(stats)])
+        return encode_jpeg(out, jpeg_quality)
+
+    engine.predict(decode(encoded[0]))  # warm-up
+    start = time.perf_counter()
+    if not overlap:
+        for data in encoded:
+            frame = decode(data)
+            finish(frame, engine.mask(engine.predict(frame)))
+    else:
+        with ThreadPoolExecutor(1) as helper:
+            next_frame = helper.submit(decode, encoded[0])
+            pending = None
+            for i in range(len(encoded)):
+                frame = next_frame.result()
+                if i + 1 < len(encoded):
+                    next_frame = helper.submit(decode, encoded[i + 1])
+                mask = engine.mask(engine.predict(frame))
+                if pending is not None:
+                    pending.result()
+                pending = helper.submit(finish, frame, mask)
+            if pending is not None:
+                pending.result()
+    return len(encoded) / (time.perf_counter() - start)
+
+
+def camera_rows(engine: Engine, frames: list[np.ndarray], runs: int) -> dict:
+    """Pure inference FPS (``predict`` only) vs the end-to-end camera pipeline, sequential and overlapped."""
+    seconds = time_predict(engine, frames[0], runs, 1)
+    pure = 1.0 / float(np.median(seconds))
+    sequential = camera_pipeline(engine, frames, overlap=False)
+    overlapped = camera_pipeline(engine, frames, overlap=True)
+    return {"backend": engine.backend, "frames": len(frames), "pure_inference_fps": pure,
+            "pipeline_sequential_fps": sequential, "pipeline_overlapped_fps": overlapped,
+            "overlapped_vs_pure_pct": 100.0 * overlapped / pure}
+
+
+def training_rows(model_spec: str, images: list[np.ndarray], masks: list[np.ndarray], crop: int, batch_size: int,
+                  steps: int) -> dict:
+    """``crackseg.data.train_dataset`` batches/s (input pipeline alone), the model-only train-step rate
+    (``train_on_batch`` on one fixed batch) and the two together, each over ``steps`` steps after one warm-up."""
+    import keras
+
+    import model as mcff
+    from .data import train_dataset
+    from .engines import load_deployable_keras
+
+    preset = mcff.infer_preset(load_deployable_keras(model_spec))
+    net = mcff.build_model(preset, crop)
+    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss={"mix": "categorical_crossentropy"})
+    iterator = iter(train_dataset(images, masks, crop=crop, batch_size=batch_size))
+    x, y = next(iterator)
+    net.train_on_batch(x, {"mix": y})  # warm-up: tracing
+
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    pipeline = steps * batch_size / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in range(steps):
+        net.train_on_batch(x, {"mix": y})
+    model_only = steps * batch_size / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in range(steps):
+        xb, yb = next(iterator)
+        net.train_on_batch(xb, {"mix": yb})
+    together = steps * batch_size / (time.perf_counter() - start)
+    return {"crop": crop, "batch_size": batch_size, "steps": steps, "input_pipeline_images_per_s": pipeline,
+            "model_only_images_per_s": model_only, "fit_images_per_s": together,
+            "fit_vs_model_only_pct": 100.0 * together / model_only}
+
+
+# ---------------------------------------------------------------------------------------------- printing
+def format_table(rows: list[dict]) -> str:
+    """The backend rows as a fixed-width table."""
+    def num(value, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    lines = [f"{'backend':12s} {'precision':11s} {'images/s':>9s} {'latency ms':>11s} {'vs keras':>9s} "
+             f"{'F1 delta':>9s} {'mask agree %':>13s} {'peak RSS MB':>12s}"]
+    for r in rows:
+        lines.append(f"{r['backend']:12s} {r['precision']:11s} {num(r['images_per_s'], '9.3f')} "
+                     f"{num(r['latency_ms'], '11.0f')} {num(r['ratio_vs_keras_fp32'], '8.2f')}x "
+                     f"{num(r['f1_delta'], '+9.4f')} {num(r['mask_agreement_pct'], '13.3f')} "
+                     f"{num(r['peak_rss_delta_mb'], '12.0f')}")
+    return "\n".join(lines)
+
+
+def machine_facts() -> dict:
+    """CPU model, core count and the SIMD extensions that decide bf16 / int8 speed (Linux /proc/cpuinfo)."""
+    facts = {"cpu": "unknown", "cores": os.cpu_count()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return facts
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("model name") and facts["cpu"] == "unknown":
+            facts["cpu"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    facts["simd"] = [f for f in wanted if f in flags]
+    try:
+        import openvino as ov
+
+        facts["openvino_capabilities"] = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except ImportError:
+        pass
+    return facts

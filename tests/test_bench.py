@@ -1,0 +1,99 @@
+"""benchmark.py / crackseg.bench and the fast CPU path (clean export + OpenVINO). No timing assertions: speed is
+measured by benchmark.py and reported in README.md (Inference speed), never asserted."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from crackseg.bench import ROW_KEYS
+from crackseg.engines import OnnxEngine, OpenVinoEngine, choose_backend, fast_onnx_for, open_engine
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict:
+    """A tiny student with non-trivial instance-norm gamma / beta, exported plain and clean."""
+    import model as mcff
+    from crackseg.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("fast_export")
+    net = mcff.deploy_model(mcff.build_model("student", None, width=4, blocks=1))
+    rng = np.random.default_rng(0)
+    norms = [layer for layer in net.layers if type(layer).__name__ == "InstanceNorm"]
+    for layer in norms:  # gamma = 1 / beta = 0 would let tf2onnx fold them away: test the general pattern
+        channels = layer.gamma.shape[0]
+        layer.set_weights([1 + 0.3 * rng.standard_normal(channels), 0.2 * rng.standard_normal(channels)])
+    plain = export_onnx(net, folder / "tiny.onnx")
+    clean = export_onnx(net, fast_onnx_for(plain), clean=True)
+    return {"net": net, "plain": plain, "clean": clean, "norms": len(norms)}
+
+
+def test_clean_export_has_native_instance_norm_and_fewer_nodes(exports):
+    import onnx
+
+    plain = Counter(n.op_type for n in onnx.load(str(exports["plain"])).graph.node)
+    clean = Counter(n.op_type for n in onnx.load(str(exports["clean"])).graph.node)
+    assert clean["InstanceNormalization"] == exports["norms"]
+    assert clean["GlobalAveragePool"] == 0 and clean["Reciprocal"] == 0
+    assert clean["SpaceToDepth"] == clean["DepthToSpace"] == 0  # dilated convs are native Conv
+    assert clean["Transpose"] < plain["Transpose"]
+    assert sum(clean.values()) < sum(plain.values())
+
+
+def test_fast_path_matches_onnxruntime_fp32(exports):
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (48, 64, 3), np.uint8), rng.integers(0, 256, (37, 50, 3), np.uint8)]
+    reference = OnnxEngine(str(exports["plain"]))
+    fast = OpenVinoEngine(str(exports["plain"]))  # picks tiny_fast.onnx beside it
+    assert fast.onnx_path == exports["clean"]
+    for image in images:
+        expected = reference.predict(image)
+        np.testing.assert_allclose(fast.predict(image), expected, atol=1e-4)
+        np.testing.assert_allclose(OnnxEngine(str(exports["clean"])).predict(image), expected, atol=1e-4)
+        keras_prob = exports["net"](reference_batch(image)).numpy()[0, :image.shape[0], :image.shape[1], 0]
+        np.testing.assert_allclose(fast.predict(image), keras_prob, atol=1e-4)
+
+
+def reference_batch(image: np.ndarray) -> np.ndarray:
+    from crackseg.preprocess import prepare
+
+    return prepare(image)[0]
+
+
+def test_openvino_is_the_cpu_default_and_falls_back_to_the_plain_file(tiny_model, tmp_path):
+    assert choose_backend(str(tiny_model["onnx"])) == "openvino"
+    bare = tmp_path / "bare.onnx"
+    shutil.copyfile(tiny_model["onnx"], bare)
+    engine = open_engine(str(bare))
+    assert engine.backend == "openvino" and engine.onnx_path == bare  # no bare_fast.onnx: the file itself
+    image = np.random.default_rng(2).integers(0, 256, (40, 44, 3), np.uint8)
+    np.testing.assert_allclose(engine.predict(image), open_engine(str(bare), "onnx").predict(image), atol=1e-4)
+
+
+def test_benchmark_writes_rows_with_the_right_keys(tmp_path):
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, "benchmark.py", "--size=64", "--runs=2", "--warmup=1", "--width=4", "--blocks=1",
+            "--images=2", "--camera_frames=2", "--train_crop=64", "--train_batch=2", "--train_steps=1",
+            f"--data={tmp_path / 'no_data'}", "--skip=keras:mixed_bf16,onnxruntime:fp32-clean,openvino:fp32",
+            f"--json={out}"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {(r["backend"], r["precision"]): r for r in report["rows"]}
+    assert {("keras", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32-clean")} <= set(rows)
+    for row in rows.values():
+        assert set(ROW_KEYS) <= set(row)
+        assert row["images_per_s"] > 0 and row["latency_ms"] > 0 and row["ratio_vs_keras_fp32"] > 0
+        assert 0 <= row["mask_agreement_pct"] <= 100 and row["f1_delta"] is not None
+    assert rows[("keras", "fp32")]["ratio_vs_keras_fp32"] == 1.0 and rows[("keras", "fp32")]["f1_delta"] == 0.0
+    assert rows[("openvino", "fp32-clean")]["mask_agreement_pct"] > 99.0
+    assert report["camera"]["backend"] == "openvino" and report["camera"]["pipeline_overlapped_fps"] > 0
+    assert report["training"]["model_only_images_per_s"] > 0 and report["training"]["fit_images_per_s"] > 0
+    assert "synthetic" in report["images"]
+    assert "backend" in done.stdout and "images/s" in done.stdout
