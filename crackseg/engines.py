@@ -77,6 +77,13 @@ class Engine:
     backend = "none"
     max_batch: int | None = None  # None: any batch size
 
+    def _identify(self, path_or_preset: str, threshold: float | None) -> None:
+        """Name, model card and threshold of a model file (card beside it) or an untrained preset (no card)."""
+        preset = is_preset(path_or_preset)
+        card = {} if preset else read_model_card(path_or_preset)
+        name = f"{path_or_preset}-untrained" if preset else Path(path_or_preset).stem
+        Engine.__init__(self, name, resolve_threshold(card, threshold), card, str(path_or_preset))
+
     def __init__(self, name: str, threshold: float, card: dict | None = None, source: str = ""):
         self.name = name
         self.threshold = float(threshold)
@@ -172,10 +179,7 @@ class KerasEngine(Engine):
         """``net``: an already loaded deployable model of ``path_or_preset`` (saves loading it twice)."""
         import tensorflow as tf
 
-        preset = is_preset(path_or_preset)
-        card = {} if preset else read_model_card(path_or_preset)
-        name = f"{path_or_preset}-untrained" if preset else Path(path_or_preset).stem
-        super().__init__(name, resolve_threshold(card, threshold), card, str(path_or_preset))
+        self._identify(path_or_preset, threshold)
         self.model = net if net is not None else load_deployable_keras(path_or_preset)
         # One traced graph for every batch and image size: no retracing per frame size.
         signature = (tf.TensorSpec((None, None, None, 3), tf.float32),)
@@ -225,10 +229,7 @@ class OnnxEngine(Engine):
             import onnxruntime as ort
         except ImportError as exc:
             raise EngineError(f"{path_or_preset}: the onnx backend needs onnxruntime ({exc})") from None
-        preset = is_preset(path_or_preset)
-        card = {} if preset else read_model_card(path_or_preset)
-        name = f"{path_or_preset}-untrained" if preset else Path(path_or_preset).stem
-        super().__init__(name, resolve_threshold(card, threshold), card, str(path_or_preset))
+        self._identify(path_or_preset, threshold)
         onnx_path, tmp = onnx_file_for(path_or_preset)
         if tmp:
             self._cleanup = weakref.finalize(self, shutil.rmtree, tmp, True)
@@ -284,9 +285,7 @@ class OpenVinoEngine(Engine):
         except ImportError as exc:
             raise EngineError(f"{path_or_preset}: the openvino backend needs openvino ({exc})") from None
         preset = is_preset(path_or_preset)
-        card = {} if preset else read_model_card(path_or_preset)
-        name = f"{path_or_preset}-untrained" if preset else Path(path_or_preset).stem
-        super().__init__(name, resolve_threshold(card, threshold), card, str(path_or_preset))
+        self._identify(path_or_preset, threshold)
         path = Path(path_or_preset)
         if path.suffix.lower() in ONNX_SUFFIXES:
             if not path.is_file():
@@ -354,10 +353,7 @@ class TensorRTEngine(Engine):
 
         trt, cuda = import_tensorrt()
         self._trt, self._cuda = trt, cuda
-        preset = is_preset(path_or_preset)
-        card = {} if preset else read_model_card(path_or_preset)
-        name = f"{path_or_preset}-untrained" if preset else Path(path_or_preset).stem
-        super().__init__(name, resolve_threshold(card, threshold), card, str(path_or_preset))
+        self._identify(path_or_preset, threshold)
 
         cuda.init()
         # The primary context is the one TensorRT's CUDA runtime calls use; push/pop it around every call so the
