@@ -338,7 +338,12 @@ class Receiver:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self.poller.poll(None if wait is None else int(wait * 1000)):
                 return None
-            frames = self.socket.recv_multipart(flags=zmq.NOBLOCK)
+            try:
+                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:  # a wake-up without a whole message (seen during CURVE handshakes): wait again
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue
             try:
                 header, jpeg, image = decode_message(frames, self.max_bytes)
             except MessageError as exc:
