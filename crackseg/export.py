@@ -52,7 +52,13 @@ def export_onnx(net, out_path: str | Path, opset: int = OPSET, clean: bool = Fal
         with native_dilated_convolutions():
             proto, _ = tf2onnx.convert.from_keras(net, input_signature=signature, opset=opset)
         explicit_dilated_padding(proto)
+        unfused = onnx.ModelProto()
+        unfused.CopyFrom(proto)
         fuse_instance_norms(proto)
+        if not same_outputs(unfused, proto):
+            # Seen intermittently in CI: a fused graph whose output differs; the decomposed norms are always right.
+            print(f"{out_path}: instance-norm fusion changed the outputs; norms left decomposed", flush=True)
+            proto = unfused
     else:
         proto, _ = tf2onnx.convert.from_keras(net, input_signature=signature, opset=opset)
     for value in list(proto.graph.input) + list(proto.graph.output):
@@ -135,6 +141,21 @@ def _constant(graph, name: str) -> np.ndarray | None:
         if node.op_type == "Constant" and node.output[0] == name:
             return numpy_helper.to_array(node.attribute[0].t)
     return None
+
+
+def same_outputs(a, b, atol: float = 1e-4) -> bool:
+    """Do two ONNX models give the same output (shape and values) on one small random image in ONNX Runtime?"""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 32, 48, 3)).astype(np.float32)
+    outs = []
+    for proto in (a, b):
+        try:
+            session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+            outs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
+        except Exception:  # an invalid rewritten graph is "not the same"
+            return False
+    return outs[0].shape == outs[1].shape and bool(np.allclose(outs[0], outs[1], atol=atol))
 
 
 def fuse_instance_norms(proto) -> int:
