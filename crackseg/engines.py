@@ -115,7 +115,10 @@ class Engine:
             for start in range(0, len(indices), step):
                 chunk = indices[start:start + step]
                 batch, size = prepare(np.stack([images[i] for i in chunk]))
-                probs = crop_back(np.asarray(self._infer(batch)), size).astype(np.float32, copy=False)
+                raw = np.asarray(self._infer(batch))
+                # tf2onnx sometimes types the output with extra unit axes, e.g. (1, N, H, W, 1): same pixels.
+                raw = raw.reshape(batch.shape[0], batch.shape[1], batch.shape[2], -1)
+                probs = crop_back(raw, size).astype(np.float32, copy=False)
                 for i, prob in zip(chunk, probs):
                     results[i] = prob
         return results  # type: ignore[return-value]
