@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from itertools import islice
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -37,17 +38,19 @@ send_queue = 4                    # frames waiting for the network; the oldest i
 jpeg_quality = 80
 read_retries = 20                 # failed reads in a row before a camera / URL counts as disconnected
 quiet = False                     # no per-frame line
+overlap = True                    # read the next frame and post-process (overlay, save, send) the previous one on a
+                                  # helper thread while this one is inferred; False: one stage after another
 
 config = configure(globals(), __doc__)
 
 import cv2  # noqa: E402
 import zmq  # noqa: E402
 
-from crackseg import viz  # noqa: E402
 from crackseg.engines import EngineError, open_engine  # noqa: E402
-from crackseg.measure import crack_stats, format_stats  # noqa: E402
+from crackseg.measure import format_stats  # noqa: E402
+from crackseg.pipeline import FramePipeline  # noqa: E402
 from crackseg.sources import FrameSource, OverlaySaver, SourceError  # noqa: E402
-from crackseg.stream import Sender, device_name, encode_jpeg, make_header  # noqa: E402
+from crackseg.stream import Sender, device_name  # noqa: E402
 
 def open_window() -> bool:
     """True when a window can be shown (OpenCV with GUI support and a display)."""
@@ -84,50 +87,37 @@ def run() -> int:
     print(f"model: {engine.describe()}; source: {frames.kind} {source}; device: {name}", flush=True)
     saver = OverlaySaver(save, frames.fps) if save else None
     show = not headless and open_window()
-    count, fps, started, last, status = 0, 0.0, time.monotonic(), time.monotonic(), 0
+    pipeline = FramePipeline(engine, max_side=max_side, saver=saver, send=sender.send if sender else None,
+                             device=name, jpeg_quality=jpeg_quality, overlap=overlap)
+    # islice: no frame beyond --max_frames is read or inferred, even one ahead on the helper thread.
+    results = pipeline.results(islice(frames.frames(), max_frames or None))
+    count, started, paced, status = 0, time.monotonic(), time.monotonic(), 0
     try:
-        for frame_name, frame in frames.frames():
-            if max_side and max(frame.shape[:2]) > max_side:
-                scale = max_side / max(frame.shape[:2])
-                frame = cv2.resize(frame, (round(frame.shape[1] * scale), round(frame.shape[0] * scale)),
-                                   interpolation=cv2.INTER_AREA)
-            t0 = time.perf_counter()
-            mask = engine.mask(engine.predict(frame))
-            infer_ms = (time.perf_counter() - t0) * 1000
-            stats = crack_stats(mask)
-            out = viz.annotate(frame, mask, [f"{engine.name} [{engine.backend}] {fps:.1f} FPS", format_stats(stats)])
-            if saver:
-                saver.write(frame_name if frames.kind == "folder" else f"{count:06d}", out)
-            if sender:
-                numbers = {"crack_ratio": stats["crack_ratio"], "length_px": stats["length_px"],
-                           "max_width_px": stats["max_width_px"], "components": stats["components"],
-                           "fps": fps, "infer_ms": infer_ms}
-                header = make_header(name, count, out.shape[1], out.shape[0], numbers, engine.name)
-                sender.send(header, encode_jpeg(out, jpeg_quality))
+        for result in results:
             stop = False
             if show:
-                cv2.imshow("crack", cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+                cv2.imshow("crack", cv2.cvtColor(result.overlay, cv2.COLOR_RGB2BGR))
                 stop = cv2.waitKey(1) & 0xFF in (27, ord("q"))
             if fps_limit > 0:
-                time.sleep(max(0.0, 1.0 / fps_limit - (time.monotonic() - last)))
-            now = time.monotonic()
-            fps = 1.0 / max(now - last, 1e-6) if count == 0 else 0.9 * fps + 0.1 / max(now - last, 1e-6)
-            last = now
+                time.sleep(max(0.0, 1.0 / fps_limit - (time.monotonic() - paced)))
+                paced = time.monotonic()
             if not quiet:
-                print(f"frame {count} {frame_name}: {format_stats(stats)}  {infer_ms:.0f} ms  {fps:.1f} FPS"
-                      + (f"  sent {sender.sent} dropped {sender.dropped}" if sender else ""), flush=True)
+                print(f"frame {result.index} {result.name}: {format_stats(result.stats)}  {result.infer_ms:.0f} ms  "
+                      f"{result.fps:.1f} FPS" + (f"  sent {sender.sent} dropped {sender.dropped}" if sender else ""),
+                      flush=True)
             count += 1
             if stop:
                 frames.end_reason = "stopped from the window"
                 break
+        else:
             if max_frames and count >= max_frames:
                 frames.end_reason = f"--max_frames={max_frames} reached"
-                break
     except KeyboardInterrupt:
         frames.end_reason = "interrupted"
     except (EngineError, SourceError) as exc:
         frames.end_reason, status = f"error: {exc}", 1
     finally:
+        results.close()  # joins the pipeline's helper thread before the source, saver and sender are closed
         frames.close()
         if saver:
             saver.close()

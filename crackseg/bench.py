@@ -6,8 +6,8 @@ Used by ``benchmark.py``. What is measured, per backend:
   ``warmup`` untimed ones; images/s = 1000 / median latency;
 * peak memory: the process's resident set size (RSS, /proc/self/statm) sampled every 5 ms from before the engine is
   opened until its last timed run, peak minus the value before opening (native allocations included);
-* quality on validation images: strict F1 (``MetricAccumulator`` at the model's threshold) minus Keras fp32's,
-  and the share of mask pixels equal to Keras fp32's (the only meaningful number for an untrained model).
+* quality on validation images: strict F1 (``evaluation.evaluate_engine``, at the model's threshold) minus Keras
+  fp32's, and the share of mask pixels equal to Keras fp32's (the only meaningful number for an untrained model).
 
 Ratios measured in one run are what carry across machines; absolute times depend on the CPU and its load.
 """
@@ -17,7 +17,7 @@ import os
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from .engines import Engine, EngineError, OnnxEngine, OpenVinoEngine, is_preset
-from .metrics import MetricAccumulator
+from .evaluation import LabelledImage, evaluate_engine
 
 ROW_KEYS = ("backend", "precision", "images_per_s", "latency_ms", "ratio_vs_keras_fp32", "f1_delta",
             "mask_agreement_pct", "f1", "peak_rss_delta_mb", "model_file", "note")
@@ -236,12 +236,9 @@ def measure(candidate: Candidate, images: list[np.ndarray], masks: list[np.ndarr
     with PeakRss() as memory:
         engine = candidate.open()
         seconds = time_predict(engine, images[0], runs, warmup)
-    accumulator = MetricAccumulator(engine.threshold)
-    predicted = []
-    for image, truth in zip(images, masks):
-        prob = engine.predict(image)
-        accumulator.update(prob, truth)
-        predicted.append(engine.mask(prob))
+    predicted: list[np.ndarray] = []  # warmup=0: time_predict has already warmed the engine up
+    quality = evaluate_engine(engine, [LabelledImage(image, truth) for image, truth in zip(images, masks)],
+                              warmup=0, on_prediction=lambda prob: predicted.append(engine.mask(prob)))
     engine.close()
     latency = float(np.median(seconds)) * 1000
     agreement = None
@@ -250,7 +247,7 @@ def measure(candidate: Candidate, images: list[np.ndarray], masks: list[np.ndarr
         agreement = 100.0 * same / sum(m.size for m in predicted)
     row = {"backend": candidate.backend, "precision": candidate.precision, "images_per_s": 1000.0 / latency,
            "latency_ms": latency, "ratio_vs_keras_fp32": None, "f1_delta": None,
-           "mask_agreement_pct": agreement, "f1": accumulator.result()["strict"]["f1"],
+           "mask_agreement_pct": agreement, "f1": quality["strict"]["f1"],
            "peak_rss_delta_mb": memory.delta_mb, "model_file": candidate.model_file, "note": candidate.note,
            "runs": runs, "latency_min_ms": min(seconds) * 1000}
     return row, predicted
@@ -284,44 +281,26 @@ def backend_rows(model_spec: str, images: list[np.ndarray], masks: list[np.ndarr
 
 # ---------------------------------------------------------------------------------------------- pipelines
 def camera_pipeline(engine: Engine, frames: list[np.ndarray], overlap: bool, jpeg_quality: int = 80) -> float:
-    """Frames per second of camera.py's per-frame work on JPEG-encoded ``frames``: decode -> predict (preprocess
-    + inference) -> crack statistics -> overlay (``viz.annotate``) -> JPEG encode. With ``overlap`` decoding of the
-    next frame and overlay/encoding of the previous one run on a thread while the current frame is inferred."""
-    from . import viz
-    from .measure import crack_stats, format_stats
-    from .stream import encode_jpeg
+    """Frames per second of camera.py's own loop (``crackseg.pipeline.FramePipeline``) on ``frames`` saved as a
+    folder of JPEGs: read + decode (``FrameSource``) -> predict (preprocess + inference) -> mask -> crack statistics
+    -> overlay -> JPEG encode + stream header, handed to a sender that discards them (camera.py ``--send`` without a
+    network, no ``--save``, headless). ``overlap``: camera.py's ``--overlap``."""
+    from .pipeline import FramePipeline
+    from .sources import FrameSource
 
-    encoded = [cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))[1].tobytes() for f in frames]
-
-    def decode(data: bytes) -> np.ndarray:
-        return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-    def finish(frame: np.ndarray, mask: np.ndarray) -> bytes:
-        stats = crack_stats(mask)
-        out = viz.annotate(frame, mask, [f"{engine.name} [{engine.backend}]", format_stats(stats)])
-        return encode_jpeg(out, jpeg_quality)
-
-    engine.predict(decode(encoded[0]))  # warm-up
-    start = time.perf_counter()
-    if not overlap:
-        for data in encoded:
-            frame = decode(data)
-            finish(frame, engine.mask(engine.predict(frame)))
-    else:
-        with ThreadPoolExecutor(1) as helper:
-            next_frame = helper.submit(decode, encoded[0])
-            pending = None
-            for i in range(len(encoded)):
-                frame = next_frame.result()
-                if i + 1 < len(encoded):
-                    next_frame = helper.submit(decode, encoded[i + 1])
-                mask = engine.mask(engine.predict(frame))
-                if pending is not None:
-                    pending.result()
-                pending = helper.submit(finish, frame, mask)
-            if pending is not None:
-                pending.result()
-    return len(encoded) / (time.perf_counter() - start)
+    with tempfile.TemporaryDirectory(prefix="crackseg_camera_") as folder:
+        for i, frame in enumerate(frames):
+            cv2.imwrite(str(Path(folder) / f"{i:06d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        source = FrameSource(folder)
+        engine.predict(frames[0])  # warm-up: the first call compiles / allocates
+        pipeline = FramePipeline(engine, send=lambda header, jpeg: None, device="bench", jpeg_quality=jpeg_quality,
+                                 overlap=overlap)
+        start = time.perf_counter()
+        with closing(pipeline.results(source.frames())) as results:
+            count = sum(1 for _ in results)
+        seconds = time.perf_counter() - start
+        source.close()
+    return count / seconds
 
 
 def camera_rows(engine: Engine, frames: list[np.ndarray], runs: int) -> dict:

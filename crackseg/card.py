@@ -35,8 +35,19 @@ def write_card(model_path: str | Path, info: dict) -> Path:
     return path
 
 
+def recorded_sha256(card: dict, file_name: str) -> list[str]:
+    """Every sha256 a card records for ``file_name``: the top-level one when it is the card's ``model`` (the .keras
+    file), and that of each ``exports`` entry whose ``file`` it is (.onnx, _fast.onnx, .engine; see
+    ``crackseg.export.write_export_card``)."""
+    entries = [(card.get("model"), card.get("sha256"))]
+    exports = card.get("exports")
+    if isinstance(exports, dict):
+        entries += [(entry.get("file"), entry.get("sha256")) for entry in exports.values() if isinstance(entry, dict)]
+    return [digest for name, digest in entries if name == file_name and digest]
+
+
 def read_card(model_path: str | Path, verify: bool = False) -> dict:
-    """The card beside ``model_path``; with ``verify`` also check the model file's sha256 against it."""
+    """The card beside ``model_path``; with ``verify`` also check the sha256 the card records for that very file."""
     path = card_path(model_path)
     if not path.is_file():
         raise CardError(f"{path}: no model card beside {Path(model_path).name}")
@@ -46,8 +57,16 @@ def read_card(model_path: str | Path, verify: bool = False) -> dict:
         raise CardError(f"{path}: unreadable model card ({exc})") from None
     if not isinstance(card, dict):
         raise CardError(f"{path}: a model card is a JSON object")
-    if verify and card.get("sha256") != sha256(model_path):
-        raise CardError(f"{path}: sha256 does not match {Path(model_path).name} (the model changed after its card)")
+    if verify:
+        name = Path(model_path).name
+        recorded = recorded_sha256(card, name)
+        if not recorded:
+            raise CardError(f"{path}: records no sha256 for {name} (neither its 'model' nor an 'exports' entry)")
+        if not Path(model_path).is_file():
+            raise CardError(f"{model_path}: model file not found")
+        actual = sha256(model_path)
+        if any(digest != actual for digest in recorded):
+            raise CardError(f"{path}: sha256 does not match {name} (the file changed after its card was written)")
     return card
 
 

@@ -89,6 +89,7 @@ class Engine:
         self.threshold = float(threshold)
         self.card = dict(card or {})
         self.source = source
+        self.model_file = source or name  # the file errors name; a backend that reads another one says which
 
     # -- to implement
     def _infer(self, batch: np.ndarray) -> np.ndarray:
@@ -116,8 +117,10 @@ class Engine:
                 chunk = indices[start:start + step]
                 batch, size = prepare(np.stack([images[i] for i in chunk]))
                 raw = np.asarray(self._infer(batch))
-                # tf2onnx sometimes types the output with extra unit axes, e.g. (1, N, H, W, 1): same pixels.
-                raw = raw.reshape(batch.shape[0], batch.shape[1], batch.shape[2], -1)
+                if raw.shape not in (batch.shape[:3], batch.shape[:3] + (1,)):
+                    # Not reshaped to fit: an output of another shape is a broken export, not a layout detail.
+                    raise EngineError(f"{self.model_file}: output of shape {raw.shape} for an input of {batch.shape}; "
+                                      f"expected (N, H, W, 1) -- re-export the model (TensorRT.py)")
                 probs = crop_back(raw, size).astype(np.float32, copy=False)
                 for i, prob in zip(chunk, probs):
                     results[i] = prob
@@ -303,6 +306,8 @@ class OpenVinoEngine(Engine):
         else:
             raise EngineError(f"{path}: the openvino backend reads .onnx, .keras or a preset")
         self.onnx_path = onnx_path
+        if path.suffix.lower() in ONNX_SUFFIXES:  # errors name the file read (student_fast.onnx), not a temporary one
+            self.model_file = str(onnx_path)
         self.core = ov.Core()
         capabilities = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         self.precision = "bf16" if precision == "bf16" and "BF16" in capabilities else "f32"

@@ -2,6 +2,9 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines drown the useful output
+# TensorFlow turns its oneDNN kernels on only for CPUs with AVX-512/AMX; on an AVX2-only CPU they still make a
+# student training step 1.8x faster (7.5 s -> 4.2 s, batch 4 at 256^2, 2 cores). Must be set before TF loads.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from .layers import AttentionGate, CrackProbability, InstanceNorm, TemperatureSoftmax
 from .network import (HEADS, NUM_CLASSES, PRESETS, Preset, build_logits_model, build_model, deploy_model,

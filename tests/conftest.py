@@ -5,6 +5,7 @@ Add new shared fixtures at the end of this file, one section per topic.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +18,9 @@ SHARED = REPO.parent / "shared" / "datasets"  # ../shared/datasets beside the ch
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+# Lines TensorFlow's C++ side prints at import before TF_CPP_MIN_LOG_LEVEL applies (e.g. the oneDNN notice).
+TF_STARTUP_LOG = re.compile(r"WARNING: All log messages before absl::InitializeLog|[IW]\d{4} \d\d:\d\d:")
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data not found at {SHARED}")
 

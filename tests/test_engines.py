@@ -145,6 +145,47 @@ def test_register_backend_extends_auto_free_choice(tiny_model):
         engines._BACKENDS.pop("constant")
 
 
+def channel_mean_model(output: str = "nhw1"):
+    """A hand-built ONNX model: the crack map is the channel mean of ``image``, declared as tf2onnx declares it.
+
+    ``output``: "nhw1" (N, H, W, 1), the right shape; "unit_axis" (1, N, H, W, 1), what tf2onnx's transpose
+    optimiser sometimes left (same pixels); "transposed" (N, W, H, 1), a genuinely wrong map.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[3], keepdims=1)]
+    dims = ["batch", "height", "width", 1]
+    if output == "unit_axis":
+        nodes += [helper.make_node("Unsqueeze", ["mean", "axis0"], ["crack"])]
+        dims = [1, "batch", "height", "width", 1]
+    elif output == "transposed":
+        nodes += [helper.make_node("Transpose", ["mean"], ["crack"], perm=[0, 2, 1, 3])]
+        dims = ["batch", "width", "height", 1]
+    else:
+        nodes += [helper.make_node("Identity", ["mean"], ["crack"])]
+    graph = helper.make_graph(
+        nodes, "channel_mean",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", "height", "width", 3])],
+        [helper.make_tensor_value_info("crack", TensorProto.FLOAT, dims)],
+        initializer=[onnx.numpy_helper.from_array(np.array([0], np.int64), "axis0")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_an_output_that_is_not_nhw1_is_refused_naming_the_file(tmp_path, backend):
+    import onnx
+
+    good, bad = tmp_path / "good.onnx", tmp_path / "unit_axis.onnx"
+    onnx.save(channel_mean_model("nhw1"), str(good))
+    onnx.save(channel_mean_model("unit_axis"), str(bad))
+    image = images([(32, 48)])[0]
+    assert open_engine(str(good), backend=backend).predict(image).shape == (32, 48)
+    with pytest.raises(EngineError, match=r"unit_axis.onnx: output of shape \(1, 1, 32, 48, 1\)") as caught:
+        open_engine(str(bad), backend=backend).predict(image)
+    assert "\n" not in str(caught.value)
+
+
 def test_engines_module_does_not_import_tensorflow():
     code = ("import sys; import crackseg.engines, crackseg.export, crackseg.measure, crackseg.stream, crackseg.viz; "
             "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'onnxruntime', 'tensorrt') if m in sys.modules]; "
@@ -253,6 +294,15 @@ def simulated_tensorrt(calls: dict):
         def get_input(self, i):
             return types.SimpleNamespace(name=onnx.load_from_string(self.onnx_bytes).graph.input[i].name)
 
+        @property
+        def num_outputs(self):
+            return len(onnx.load_from_string(self.onnx_bytes).graph.output)
+
+        def get_output(self, i):
+            value = onnx.load_from_string(self.onnx_bytes).graph.output[i]
+            shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim)
+            return types.SimpleNamespace(name=value.name, shape=shape)
+
     class Parser:
         def __init__(self, network, logger):
             self.network, self.num_errors = network, 0
@@ -338,6 +388,8 @@ def simulated_tensorrt(calls: dict):
 
 
 def test_tensorrt_code_paths_on_a_simulated_runtime(tiny_model, synthetic_data, tmp_path, monkeypatch):
+    import onnx
+
     from crackseg import engines
     from crackseg.export import build_tensorrt_engine, sample_images
 
@@ -368,3 +420,8 @@ def test_tensorrt_code_paths_on_a_simulated_runtime(tiny_model, synthetic_data, 
         engine.predict(images([(200, 64)])[0])
     engine.close()
     assert calls["push"] == calls["pop"] and calls["detach"]
+
+    unit_axis = tmp_path / "unit_axis.onnx"  # refused before a build, as ONNX Runtime / OpenVINO refuse it to run
+    onnx.save(channel_mean_model("unit_axis"), str(unit_axis))
+    with pytest.raises(EngineError, match=r"unit_axis.onnx: output 'crack' has shape \(1, -1, -1, -1, 1\)"):
+        build_tensorrt_engine(unit_axis, None, "fp32", min_size=16, opt_size=32, max_size=128)

@@ -1,4 +1,5 @@
-"""evaluate.py on hand-made predictions (numbers computed by hand below), its refusals, and the --model path."""
+"""evaluate.py on hand-made predictions (numbers computed by hand below), its refusals, the --model path, and
+reports per dataset (crackseg.evaluation) on two fake dataset roots."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from crackseg.engines import Engine
+from crackseg.evaluation import dataset_pairs, evaluate_engine, read_labelled
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,3 +167,99 @@ def _stems(tmp_path: Path, folder: Path) -> Path:
     listing = tmp_path / "subset.txt"
     listing.write_text("".join(f"{p.stem}\n" for p in sorted(folder.iterdir())))
     return listing
+
+
+# ---------------------------------------------------------------------------------------------- per dataset
+@pytest.fixture()
+def two_datasets(tmp_path: Path) -> dict:
+    """Two fake dataset roots of 8x8 PNG images (dark where the mask is crack, mid grey elsewhere):
+
+    CrackForest (image/ + groundTruth/*.mat, crack where Segmentation == 2): 001 thin crack row 2 cols 1-4 (4 px),
+      002 one pixel (5, 5): 5 crack pixels, thin as the real annotations;
+    DeepCrack (train_img/ + train_lab/ 0/255 PNG): 11111, a wide 3x4 block rows 2-4 cols 2-5 (12 px).
+    ``pred/``: each CrackForest mask exactly (F1 1), an empty map for DeepCrack (F1 0).
+    """
+    from scipy.io import savemat
+
+    crackforest, deepcrack, pred = tmp_path / "CrackForest", tmp_path / "DeepCrack", tmp_path / "pred"
+    truths = {"001": np.zeros((8, 8), bool), "002": np.zeros((8, 8), bool), "11111": np.zeros((8, 8), bool)}
+    truths["001"][2, 1:5] = True
+    truths["002"][5, 5] = True
+    truths["11111"][2:5, 2:6] = True
+    for stem, truth in truths.items():
+        image = np.where(truth[..., None], 20, 128).astype(np.uint8).repeat(3, axis=2)
+        if stem == "11111":
+            write_png(deepcrack / "train_img" / f"{stem}.png", image)
+            write_png(deepcrack / "train_lab" / f"{stem}.png", truth.astype(np.uint8) * 255)
+            write_png(pred / f"{stem}.png", np.zeros((8, 8), np.uint8))
+        else:
+            write_png(crackforest / "image" / f"{stem}.png", image)
+            (crackforest / "groundTruth").mkdir(exist_ok=True)
+            savemat(crackforest / "groundTruth" / f"{stem}.mat",
+                    {"groundTruth": {"Segmentation": np.where(truth, 2, 1).astype(np.uint16)}})
+            write_png(pred / f"{stem}.png", truth.astype(np.uint8) * 255)
+    return {"roots": f"{crackforest},{deepcrack}", "parent": tmp_path, "pred": pred}
+
+
+def _check_by_dataset(r: dict) -> None:
+    # overall strict: tp 5 (CrackForest), fp 0, fn 12 (DeepCrack) -> P 1, R 5/17, F1 2*5/(2*5+12) = 10/22
+    assert r["images"] == 3 and r["strict"] == pytest.approx({"precision": 1.0, "recall": 5 / 17, "f1": 10 / 22,
+                                                              "iou": 5 / 17})
+    assert list(r["by_dataset"]) == ["CrackForest", "DeepCrack"]
+    crackforest, deepcrack = r["by_dataset"]["CrackForest"], r["by_dataset"]["DeepCrack"]
+    assert crackforest["images"] == 2 and crackforest["strict"]["f1"] == 1.0 and crackforest["tolerant"]["f1"] == 1.0
+    assert deepcrack["images"] == 1 and deepcrack["strict"]["f1"] == 0.0 and deepcrack["tolerant"]["f1"] == 0.0
+    assert set(crackforest) == set(deepcrack) == set(r) - {"by_dataset", "model", "backend"}
+
+
+@pytest.mark.parametrize("layout", ["two roots", "one parent root"])
+def test_predictions_reported_per_dataset(two_datasets, tmp_path, layout):
+    data = two_datasets["roots"] if layout == "two roots" else two_datasets["parent"]
+    out = tmp_path / "r.json"
+    result = run_evaluate("--pred", two_datasets["pred"], "--data", data, "--json", out)
+    assert result.returncode == 0, result.stderr
+    r = json.loads(out.read_text())
+    _check_by_dataset(r)
+    assert "fps" not in r and "CrackForest:\nimages 2" in result.stdout and "DeepCrack:\nimages 1" in result.stdout
+
+    # a subset of one dataset (ids as in datasets/splits) is one report, without by_dataset
+    (tmp_path / "val.txt").write_text("CrackForest/image/001.png\n")
+    result = run_evaluate("--pred", two_datasets["pred"], "--data", data, "--subset", tmp_path / "val.txt",
+                          "--json", out)
+    assert result.returncode == 0, result.stderr
+    r = json.loads(out.read_text())
+    assert r["images"] == 1 and r["strict"]["f1"] == 1.0 and "by_dataset" not in r
+
+
+def test_data_refusals(two_datasets):
+    pred = two_datasets["pred"]
+    (pred / "11111.png").unlink()  # a DeepCrack image without a prediction
+    _one_line_error(run_evaluate("--pred", pred, "--data", two_datasets["roots"]), "11111.png", "no prediction")
+    _one_line_error(run_evaluate("--pred", pred, "--data", two_datasets["roots"], "--masks", pred),
+                    "--data replaces")
+    (two_datasets["parent"] / "DeepCrack" / "train_img" / "001.png").write_bytes(b"")  # a stem in both datasets
+    (two_datasets["parent"] / "DeepCrack" / "train_lab" / "001.png").write_bytes(b"")
+    _one_line_error(run_evaluate("--pred", pred, "--data", two_datasets["parent"]), "001.png", "two samples")
+
+
+class DarkPixelEngine(Engine):
+    """Stand-in for a model: crack where the image is dark, so its masks are the fixture's masks exactly."""
+
+    backend = "fake"
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return (batch.mean(axis=-1) < 0).astype(np.float32)  # prepared pixels are in [-1, 1]
+
+
+def test_engine_reported_per_dataset(two_datasets):
+    # DeepCrack's image turned mid grey: the engine finds nothing there, as the empty prediction above
+    deepcrack_image = two_datasets["parent"] / "DeepCrack" / "train_img" / "11111.png"
+    write_png(deepcrack_image, np.full((8, 8, 3), 128, np.uint8))
+    pairs = dataset_pairs(two_datasets["roots"])
+    assert [(p.stem, p.dataset) for p in pairs] == [("001", "CrackForest"), ("002", "CrackForest"),
+                                                    ("11111", "DeepCrack")]
+    seen = []
+    r = evaluate_engine(DarkPixelEngine("dark", 0.5), read_labelled(pairs), by_dataset=True,
+                        on_prediction=seen.append)
+    _check_by_dataset(r)
+    assert len(seen) == 3 and r["fps"] > 0 and r["by_dataset"]["CrackForest"]["fps"] > 0

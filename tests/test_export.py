@@ -13,7 +13,9 @@ import pytest
 
 from conftest import REPO, TINY_THRESHOLD
 from crackseg import export as ex
+from crackseg.card import CardError, read_card, write_card
 from crackseg.engines import KerasEngine, OnnxEngine, read_model_card
+from test_engines import channel_mean_model
 
 
 def test_onnx_file_is_checker_clean_with_named_dynamic_dims(tiny_model):
@@ -38,6 +40,97 @@ def test_dynamic_batch_and_size_match_keras(tiny_model):
         onnx_out = session.run(["crack"], {"image": x})[0]
         assert onnx_out.shape == shape[:3] + (1,)
         assert np.abs(onnx_out - net(x, training=False).numpy()).max() <= 1e-3
+
+
+def test_student_clean_export_fuses_every_instance_norm_each_time(capsys):
+    """tf2onnx's graph varies between conversions; the fusion, matched on the TensorFlow ops, must not."""
+    from collections import Counter
+
+    import model as mcff
+
+    net = mcff.deploy_model(mcff.build_model("student", None))
+    norms = [layer for layer in net.layers if isinstance(layer, mcff.InstanceNorm)]
+    assert len(norms) == 48  # all three paths feed the mix head
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 40, 56, 3)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    for attempt in range(3):
+        if attempt:  # first gamma = 1 / beta = 0 (grappler folds them away), then trained-like weights
+            for layer in norms:
+                channels = layer.gamma.shape[0]
+                layer.set_weights([1 + 0.3 * rng.standard_normal(channels), 0.2 * rng.standard_normal(channels)])
+        proto = onnx.load_from_string(clean_export_bytes(net))
+        ops = Counter(node.op_type for node in proto.graph.node)
+        assert ops["InstanceNormalization"] == len(norms), (attempt, ops)
+        assert ops["GlobalAveragePool"] == ops["Reciprocal"] == ops["ReduceMean"] == 0
+        assert declared_outputs(proto) == {"crack": ["batch", "height", "width", 1]}
+        for runtime in ("onnxruntime", "openvino"):
+            out = ex.run_onnx(proto, x, runtime)
+            assert out.shape == (2, 40, 56, 1)
+            assert np.abs(out - net(x, training=False).numpy()).max() <= 1e-4
+    assert "decomposed" not in capsys.readouterr().out  # the safety net never fired
+
+
+def declared_outputs(proto) -> dict:
+    return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in proto.graph.output}
+
+
+def clean_export_bytes(net) -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        return ex.export_onnx(net, Path(folder) / "student_fast.onnx", clean=True).read_bytes()
+
+
+def test_a_fusion_that_changes_the_output_falls_back_to_decomposed_norms(monkeypatch, tmp_path, capsys):
+    from collections import Counter
+
+    import model as mcff
+
+    real_fuser = ex.instance_norm_fuser
+
+    def wrong_epsilon_fuser(epsilons, fused):  # fuses every norm, with an epsilon far from the layers' one
+        rewrite = real_fuser(epsilons, fused)
+
+        def broken(g, ops):
+            ops = rewrite(g, ops)
+            for node in ops:
+                if node.type == "InstanceNormalization":
+                    node.set_attr("epsilon", 10.0)
+            return ops
+
+        return broken
+
+    monkeypatch.setattr(ex, "instance_norm_fuser", wrong_epsilon_fuser)
+    net = mcff.deploy_model(mcff.build_model("student", None, width=4, blocks=1))
+    out = ex.export_onnx(net, tmp_path / "tiny_fast.onnx", clean=True)
+    report = capsys.readouterr().out
+    assert "fused instance norms the model differs from Keras" in report and "decomposed instead" in report
+    proto = onnx.load(str(out))
+    assert Counter(node.op_type for node in proto.graph.node)["InstanceNormalization"] == 0
+    assert declared_outputs(proto) == {"crack": ["batch", "height", "width", 1]}
+
+
+def test_an_output_with_a_unit_axis_is_conformed_to_nhw1():
+    probe = np.random.default_rng(0).uniform(-1, 1, ex.PROBE_SHAPE).astype(np.float32)
+    expected = probe.mean(axis=3, keepdims=True)
+    proto = channel_mean_model("unit_axis")
+    assert ex.run_onnx(proto, probe, "onnxruntime").shape == (1,) + expected.shape
+    ex.conform_output(proto, probe)
+    onnx.checker.check_model(proto, full_check=True)
+    assert declared_outputs(proto) == {"crack": ["batch", "height", "width", 1]}
+    assert ex.disagreement(proto, probe, expected, ("onnxruntime", "openvino")) is None
+    single = probe[:1, :32, :48]
+    assert ex.run_onnx(proto, single, "onnxruntime").shape == (1, 32, 48, 1)  # the repair is not fitted to the probe
+
+
+def test_a_wrong_output_is_reported_not_reshaped():
+    probe = np.random.default_rng(0).uniform(-1, 1, ex.PROBE_SHAPE).astype(np.float32)
+    proto = channel_mean_model("transposed")
+    ex.conform_output(proto, probe)
+    problem = ex.disagreement(proto, probe, probe.mean(axis=3, keepdims=True), ("onnxruntime",))
+    assert problem == "gives an output of shape (2, 96, 64, 1) in onnxruntime for an input of (2, 64, 96, 3); " \
+                      "expected (2, 64, 96, 1)"
 
 
 def test_parity_check_on_real_images(tiny_model, synthetic_data):
@@ -74,6 +167,32 @@ def test_export_card_keeps_threshold_and_records_the_export(tiny_model, tmp_path
     assert card["threshold"] == TINY_THRESHOLD
     assert card["exports"]["onnx"]["file"] == "copy.onnx" and len(card["exports"]["onnx"]["sha256"]) == 64
     assert read_model_card(out)["threshold"] == TINY_THRESHOLD
+
+
+def test_card_verifies_the_hash_recorded_for_each_file(tiny_model, tmp_path):
+    keras_file, onnx_file, fast_file = tmp_path / "net.keras", tmp_path / "net.onnx", tmp_path / "net_fast.onnx"
+    engine_file = tmp_path / "net_fp16.engine"
+    shutil.copyfile(tiny_model["keras"], keras_file)
+    shutil.copyfile(tiny_model["onnx"], onnx_file)
+    shutil.copyfile(tiny_model["onnx"], fast_file)  # stands in for the clean export
+    engine_file.write_bytes(b"serialized engine")
+    write_card(keras_file, {"threshold": TINY_THRESHOLD})
+    ex.write_export_card(keras_file, onnx_file, "onnx", {"opset": 17})  # net.json: .keras on top, .onnx in exports
+    ex.write_export_card(keras_file, fast_file, "onnx_fast", {"opset": 17})  # net_fast.json
+    ex.write_export_card(onnx_file, engine_file, "tensorrt", {"precision": "fp16"})  # net_fp16.json
+    for model_file in (keras_file, onnx_file, fast_file, engine_file):
+        assert read_card(model_file, verify=True)["threshold"] == TINY_THRESHOLD
+
+    onnx_file.write_bytes(onnx_file.read_bytes() + b"tampered")
+    with pytest.raises(CardError, match=r"net.json: sha256 does not match net.onnx \(") as caught:
+        read_card(onnx_file, verify=True)
+    assert "\n" not in str(caught.value)
+    assert read_card(keras_file, verify=True)  # the .keras entry of the same card still holds
+
+    unlisted = tmp_path / "net.h5"
+    shutil.copyfile(tiny_model["keras"], unlisted)
+    with pytest.raises(CardError, match="net.json: records no sha256 for net.h5"):
+        read_card(unlisted, verify=True)
 
 
 def test_square_crop_and_tensorrt_unavailable_message():

@@ -1,0 +1,251 @@
+"""Evaluation against ground-truth masks: pairing files, running an engine or reading saved predictions, and the
+metrics report overall and per dataset (what evaluate.py prints, and the F1 benchmark.py compares backends by).
+
+Pairs come from a folder of inputs (images or predictions) and a folder of masks, or from dataset roots in any
+layout ``crackseg.data`` reads. A stem names one evaluated image everywhere (prediction files, split lists), so two
+files or samples with one stem are refused as ambiguous. A pair's dataset is the folder holding its image or mask
+folder (``CrackForest`` for ``CrackForest/image/001.jpg``). When the pairs span several datasets the report also has
+one report per dataset under ``by_dataset``: thin CrackForest annotations and wide DeepCrack masks score very
+differently, and a pooled figure hides which one a model fails on.
+
+Bad input raises ``DataError`` (one line naming the file); a model that cannot be opened, ``EngineError``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, NamedTuple
+
+import cv2
+import numpy as np
+
+from .data import IMAGE_EXTS, MASK_EXTS, DataError, Sample, decode_file, find_samples, load_pair, read_mask
+from .engines import Engine, open_engine
+from .metrics import MetricAccumulator, format_report
+
+PRED_EXTS = (".png", ".bmp", ".tif", ".tiff")  # lossless formats only: a JPEG probability map is not a prediction
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One evaluated image: ``source`` (an image for a model, or a saved prediction), its mask and its dataset."""
+
+    stem: str
+    source: Path
+    mask: Path
+    dataset: str
+
+
+class LabelledImage(NamedTuple):
+    """An RGB uint8 HxWx3 image with its boolean HxW mask and the name of the dataset it belongs to."""
+
+    image: np.ndarray
+    truth: np.ndarray
+    dataset: str = ""
+
+
+# ---------------------------------------------------------------------------------------------- pairing
+def files_by_stem(folder: str | Path, exts: tuple[str, ...], what: str) -> dict[str, Path]:
+    """``{stem: path}`` of the ``exts`` files in ``folder``; two files with one stem are refused (ambiguous)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: {what} folder not found")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in exts:
+            if path.stem in found:
+                raise DataError(f"{path}: two {what} files with stem {path.stem!r} ({found[path.stem].name})")
+            found[path.stem] = path
+    if not found:
+        raise DataError(f"{folder}: no {what} files ({', '.join(exts)})")
+    return found
+
+
+def read_subset(path: str | Path) -> set[str]:
+    """Stems named by a split list file (ids like ``DeepCrack/train_img/11111.jpg`` or bare stems)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: subset list not found")
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return {Path(line).stem for line in lines if line and not line.startswith("#")}
+
+
+def pair_files(inputs: dict[str, Path], truths: dict[str, Path], what: str,
+               only: set[str] | None = None) -> list[tuple[str, Path, Path]]:
+    """(stem, input, mask) sorted by stem; every input needs a mask and, without ``only``, every mask an input."""
+    if only is not None:
+        inputs = {s: p for s, p in inputs.items() if s in only}
+        if not inputs:
+            raise DataError(f"no {what} file is named in the subset list")
+    for stem, path in inputs.items():
+        if stem not in truths:
+            raise DataError(f"{path}: no mask with stem {stem!r}")
+    if only is None:
+        for stem, path in truths.items():
+            if stem not in inputs:
+                raise DataError(f"{path}: no {what} with stem {stem!r}")
+    return [(stem, inputs[stem], truths[stem]) for stem in sorted(inputs)]
+
+
+def _dataset_of(folder: Path) -> str:
+    # abspath, not resolve: "." or ".." roots get a real name, and symlinked folders keep the name the user gave.
+    return Path(os.path.abspath(folder)).parent.name
+
+
+def folder_pairs(inputs: str | Path, masks: str | Path, what: str = "image",
+                 subset: str | Path | None = None) -> list[Pair]:
+    """Files of the ``inputs`` folder (``what``: ``"image"`` or ``"prediction"``) paired by stem with the
+    ``masks`` folder; ``subset``: a split list, keeping only the inputs it names."""
+    exts = PRED_EXTS if what == "prediction" else IMAGE_EXTS
+    matched = pair_files(files_by_stem(inputs, exts, what), files_by_stem(masks, MASK_EXTS, "mask"), what,
+                         read_subset(subset) if subset else None)
+    dataset = _dataset_of(Path(masks))
+    return [Pair(stem, source, mask, dataset) for stem, source, mask in matched]
+
+
+def dataset_pairs(data: str, predictions: str | Path | None = None, subset: str | Path | None = None) -> list[Pair]:
+    """The samples of the comma-separated dataset roots ``data``: each image with its mask, or with
+    ``predictions`` the prediction file of the image's stem in that folder instead of the image."""
+    samples: dict[str, Sample] = {}
+    for root in (r.strip() for r in data.split(",") if r.strip()):
+        for sample in find_samples(root):
+            stem = sample.image.stem
+            if stem in samples:
+                raise DataError(f"{sample.image}: two samples with stem {stem!r} ({samples[stem].image})")
+            samples[stem] = sample
+    if predictions is None:
+        what, inputs = "image", {stem: s.image for stem, s in samples.items()}
+    else:
+        what, inputs = "prediction", files_by_stem(predictions, PRED_EXTS, "prediction")
+    matched = pair_files(inputs, {stem: s.mask for stem, s in samples.items()}, what,
+                         read_subset(subset) if subset else None)
+    return [Pair(stem, source, mask, _dataset_of(samples[stem].image.parent)) for stem, source, mask in matched]
+
+
+def spans_datasets(pairs: list[Pair]) -> bool:
+    """Whether ``pairs`` come from more than one dataset (then reports are given per dataset too)."""
+    return len({p.dataset for p in pairs}) > 1
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def _progress(items: list, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="img", disable=None)  # None: a bar on a terminal, quiet in logs
+
+
+def read_prediction(path: str | Path) -> np.ndarray:
+    """A saved prediction as float32 HxW crack probability in [0, 1]."""
+    path = Path(path)
+    pred = decode_file(path, cv2.IMREAD_UNCHANGED, "prediction")
+    if pred.ndim == 3:
+        if pred.shape[2] == 4 or not all(np.array_equal(pred[..., 0], pred[..., c]) for c in range(1, pred.shape[2])):
+            raise DataError(f"{path}: prediction is a colour image; expected one grey channel")
+        pred = pred[..., 0]
+    if pred.dtype == np.uint8:
+        # A map holding only 0 and 1 is a 0/1 binary mask, not probabilities of at most 1/255.
+        return pred.astype(np.float32) if pred.max() <= 1 else pred.astype(np.float32) / 255.0
+    if pred.dtype == np.uint16:
+        return pred.astype(np.float32) / 65535.0
+    if pred.dtype in (np.float32, np.float64):
+        if not np.isfinite(pred).all() or pred.min() < 0 or pred.max() > 1:
+            raise DataError(f"{path}: float prediction has values outside [0, 1]")
+        return pred.astype(np.float32)
+    raise DataError(f"{path}: unsupported prediction type {pred.dtype} (8/16-bit or float image expected)")
+
+
+def read_labelled(pairs: list[Pair], desc: str = "evaluate") -> Iterator[LabelledImage]:
+    """Each pair's image and mask, decoded one at a time (a dataset does not fit in memory), with a progress bar."""
+    for pair in _progress(pairs, desc):
+        image, truth = load_pair(Sample(pair.stem, pair.source, pair.mask))
+        yield LabelledImage(image, truth, pair.dataset)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+class DatasetReports:
+    """The metrics report overall and, with ``by_dataset``, one per dataset; with timed predictions, images/s.
+
+    Per-dataset accumulators are kept only when asked: each one costs a second metric update per image.
+    """
+
+    def __init__(self, threshold: float, distance: int = 2, by_dataset: bool = False):
+        self.threshold, self.distance = threshold, distance
+        self.overall = MetricAccumulator(threshold, distance)
+        self.datasets: dict[str, MetricAccumulator] | None = {} if by_dataset else None
+        self.seconds: dict[str, float] = {}
+
+    def update(self, prob: np.ndarray, truth: np.ndarray, dataset: str, seconds: float | None = None) -> None:
+        """Add one image; ``seconds``: the time its prediction took, when throughput is reported."""
+        self.overall.update(prob, truth)
+        if self.datasets is not None:
+            if dataset not in self.datasets:
+                self.datasets[dataset] = MetricAccumulator(self.threshold, self.distance)
+            self.datasets[dataset].update(prob, truth)
+        if seconds is not None:
+            self.seconds[dataset] = self.seconds.get(dataset, 0.0) + seconds
+
+    def _report(self, accumulator: MetricAccumulator, seconds: float) -> dict:
+        report = accumulator.result()
+        if self.seconds:
+            report["fps"] = report["images"] / seconds if seconds > 0 else 0.0
+        return report
+
+    def result(self) -> dict:
+        """``MetricAccumulator.result()`` fields (+ ``fps``), and ``by_dataset``: ``{name: the same fields}``."""
+        report = self._report(self.overall, sum(self.seconds.values()))
+        if self.datasets is not None:
+            report["by_dataset"] = {name: self._report(acc, self.seconds.get(name, 0.0))
+                                    for name, acc in sorted(self.datasets.items())}
+        return report
+
+
+def evaluate_predictions(pairs: list[Pair], threshold: float | None = None, distance: int = 2) -> dict:
+    """The metrics report of saved predictions (``Pair.source``) against their masks; threshold default 0.5."""
+    reports = DatasetReports(0.5 if threshold is None else threshold, distance, spans_datasets(pairs))
+    for pair in _progress(pairs, "evaluate"):
+        prob, truth = read_prediction(pair.source), read_mask(pair.mask)
+        if prob.shape != truth.shape:
+            raise DataError(f"{pair.source}: prediction size {prob.shape[1]}x{prob.shape[0]} does not match mask "
+                            f"{pair.mask.name} size {truth.shape[1]}x{truth.shape[0]}")
+        reports.update(prob, truth, pair.dataset)
+    return reports.result()
+
+
+def evaluate_engine(engine: Engine, labelled: Iterable[LabelledImage], distance: int = 2, warmup: int = 1,
+                    by_dataset: bool = False, on_prediction: Callable[[np.ndarray], None] | None = None) -> dict:
+    """The metrics report of ``engine`` (at its threshold) on ``labelled`` images, plus ``fps``: images per second
+    of ``predict`` alone (decoding excluded) after ``warmup`` untimed calls on the first image.
+
+    ``on_prediction`` receives each probability map (e.g. to compare backends' masks without predicting twice).
+    """
+    reports = DatasetReports(engine.threshold, distance, by_dataset)
+    for i, item in enumerate(labelled):
+        if i == 0:
+            for _ in range(warmup):
+                engine.predict(item.image)  # graph tracing / session start-up is not throughput
+        start = time.perf_counter()
+        prob = engine.predict(item.image)
+        reports.update(prob, item.truth, item.dataset, time.perf_counter() - start)
+        if on_prediction is not None:
+            on_prediction(prob)
+    return reports.result()
+
+
+def evaluate_model(model: str | Path, pairs: list[Pair], threshold: float | None = None, distance: int = 2,
+                   backend: str = "auto") -> dict:
+    """``evaluate_engine`` of a model file on image pairs, plus the model's name and backend; threshold default:
+    the model card's."""
+    with open_engine(str(model), backend, threshold) as engine:
+        report = evaluate_engine(engine, read_labelled(pairs, f"evaluate {engine.name}"), distance,
+                                 by_dataset=spans_datasets(pairs))
+        return {**report, "model": str(model), "backend": engine.backend}
+
+
+def format_reports(report: dict) -> str:
+    """The table of a report, then one per dataset when it has ``by_dataset``."""
+    parts = [format_report(report)]
+    for name, part in report.get("by_dataset", {}).items():
+        parts.append(f"{name}:\n{format_report(part)}")
+    return "\n\n".join(parts)
