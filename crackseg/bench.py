@@ -176,6 +176,12 @@ def candidates(model_spec: str, workdir: Path, calibration: list[np.ndarray], th
     name = f"{model_spec}-untrained" if is_preset(model_spec) else Path(model_spec).stem
     plain = export_onnx(net, workdir / "model.onnx")
     clean = export_onnx(net, workdir / "model_fast.onnx", clean=True)
+    int8 = workdir / "model_int8.onnx"
+
+    def int8_model() -> Path:
+        """The QDQ int8 model, quantised once and shared: ONNX Runtime and OpenVINO (which runs QDQ in int8)."""
+        return int8 if int8.is_file() else quantize_int8(clean, int8, calibration)
+
     found = [
         Candidate("keras", "fp32", lambda: KerasEngine(model_spec, threshold, net=net), "TF/oneDNN"),
         Candidate("keras", "mixed_bf16", lambda: KerasMixedEngine(net, threshold, name),
@@ -184,13 +190,14 @@ def candidates(model_spec: str, workdir: Path, calibration: list[np.ndarray], th
                   plain.name),
         Candidate("onnxruntime", "fp32-clean", lambda: _ort(clean, threshold, threads),
                   "clean export: InstanceNormalization + dilated Conv", clean.name),
-        Candidate("onnxruntime", "int8", lambda: _ort(quantize_int8(clean, workdir / "model_int8.onnx", calibration),
-                                                      threshold, threads),
-                  f"static QDQ, {len(calibration)} calibration images", "model_int8.onnx"),
+        Candidate("onnxruntime", "int8", lambda: _ort(int8_model(), threshold, threads),
+                  f"static QDQ, {len(calibration)} calibration images", int8.name),
         Candidate("openvino", "fp32", lambda: OpenVinoEngine(str(plain), threshold, threads), "plain export",
                   plain.name),
         Candidate("openvino", "fp32-clean", lambda: OpenVinoEngine(str(clean), threshold, threads),
                   "clean export, latency hint (the CPU default)", clean.name),
+        Candidate("openvino", "int8", lambda: OpenVinoEngine(str(int8_model()), threshold, threads),
+                  "the onnxruntime int8 QDQ model run by OpenVINO", int8.name),
     ]
     import openvino as ov
 

@@ -86,7 +86,8 @@ def test_benchmark_writes_rows_with_the_right_keys(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = {(r["backend"], r["precision"]): r for r in report["rows"]}
-    assert {("keras", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32-clean")} <= set(rows)
+    assert {("keras", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32-clean"),
+            ("openvino", "int8")} <= set(rows)
     for row in rows.values():
         assert set(ROW_KEYS) <= set(row)
         assert row["images_per_s"] > 0 and row["latency_ms"] > 0 and row["ratio_vs_keras_fp32"] > 0

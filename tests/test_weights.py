@@ -63,8 +63,9 @@ def test_shipped_file_matches_card_and_runs(path: Path):
 
         assert load_deployable_keras(str(path)).count_params() == STUDENT_PARAMS
     elif path.suffix == ".onnx" and "_int8" not in path.stem:
-        # A fused export folds instance-norm constants differently, but keeps every weight.
-        assert onnx_parameter_count(path) >= STUDENT_PARAMS
+        # tf2onnx stores identical initializers once: the biases of convolutions that feed an instance norm stay at
+        # zero (the norm subtracts any per-channel constant, so their gradient is 0) and merge (144 numbers here).
+        assert 0.995 * STUDENT_PARAMS <= onnx_parameter_count(path) <= STUDENT_PARAMS
     backend = {".keras": "keras", ".onnx": "onnx"}.get(path.suffix, "auto")
     if path.stem.endswith("_fast"):
         backend = "openvino"
