@@ -11,6 +11,7 @@ Everything lands in demo_out/ (see the summary printed at the end).
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -58,6 +59,7 @@ def main() -> None:
         f"--json={OUT / 'eval.json'}")
 
     address = f"tcp://127.0.0.1:{free_port()}"
+    shutil.rmtree(OUT / "received", ignore_errors=True)  # PC.py appends to headers.jsonl: count this run only
     receiver = subprocess.Popen([PY, "PC.py", f"--bind={address}", "--headless", f"--save={OUT / 'received'}",
                                  f"--max_frames={FRAMES}", "--max_seconds=120"], cwd=ROOT)
     time.sleep(1.0)
