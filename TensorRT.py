@@ -60,6 +60,8 @@ def export_and_check() -> Path:
     if is_preset(model) and Path(onnx) == Path(_TRAINED_ONNX):
         sys.exit(f"error: --model {model} is an untrained preset; give --onnx=OUT.onnx (refusing to overwrite {onnx})")
     net = load_deployable_keras(model)
+    if ex.complete_card_facts(model, net):
+        print(f"model card of {model}: GFLOPs added (it was written where TensorFlow was not installed)")
     out = ex.export_onnx(net, onnx, opset)
     summary = ex.onnx_summary(out)
     print(f"ONNX: wrote {out} (opset {summary['opset']}, {summary['nodes']} nodes, inputs {summary['inputs']}, "

@@ -35,11 +35,13 @@ threshold = 0.5
 distance = 2                      # tolerance of the tolerant F1 (Chebyshev pixels)
 lr_patience = 5
 stop_patience = 15
+max_minutes = 0.0                 # stop after the epoch that passes this many minutes (0: no limit); re-run to go on
+deploy = ""                       # also copy best.keras here with a model card, e.g. weights/teacher.keras ("": no)
 profile_size = 448                # FLOPs are reported at this input size
 
 config = configure(globals(), __doc__)
 
-from crackseg.train_steps import train_teacher  # noqa: E402  (imports TensorFlow)
+from crackseg.train_steps import train_teacher  # noqa: E402  (imports Keras)
 
 if __name__ == "__main__":
     train_teacher(config)

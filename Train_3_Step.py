@@ -50,11 +50,12 @@ threshold = 0.5                   # for the training logs; the card's threshold 
 distance = 2
 lr_patience = 5
 stop_patience = 15
+max_minutes = 0.0                 # stop after the epoch that passes this many minutes (0: no limit); re-run to go on
 profile_size = 448                # FLOPs are reported (and written to the card) at this input size
 
 config = configure(globals(), __doc__)
 
-from crackseg.train_steps import train_student  # noqa: E402  (imports TensorFlow)
+from crackseg.train_steps import train_student  # noqa: E402  (imports Keras)
 
 if __name__ == "__main__":
     train_student(config)

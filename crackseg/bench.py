@@ -323,18 +323,25 @@ def camera_rows(engine: Engine, frames: list[np.ndarray], runs: int) -> dict:
 
 def training_rows(model_spec: str, images: list[np.ndarray], masks: list[np.ndarray], crop: int, batch_size: int,
                   steps: int) -> dict:
-    """``crackseg.data.train_dataset`` batches/s (input pipeline alone), the model-only train-step rate
+    """``crackseg.inputs.train_dataset`` batches/s (input pipeline alone), the model-only train-step rate
     (``train_on_batch`` on one fixed batch) and the two together, each over ``steps`` steps after one warm-up."""
     import keras
 
     import model as mcff
-    from .data import train_dataset
     from .engines import load_deployable_keras
+    from .inputs import train_dataset
 
     preset = mcff.infer_preset(load_deployable_keras(model_spec))
     net = mcff.build_model(preset, crop)
     net.compile(optimizer=keras.optimizers.Adam(1e-3), loss={"mix": "categorical_crossentropy"})
-    iterator = iter(train_dataset(images, masks, crop=crop, batch_size=batch_size))
+    batches = train_dataset(images, masks, crop=crop, batch_size=batch_size)
+
+    def endless():  # what fit does: every batch of an epoch, then the next epoch's order
+        while True:
+            yield from (batches[i] for i in range(len(batches)))
+            batches.on_epoch_end()
+
+    iterator = endless()
     x, y = next(iterator)
     net.train_on_batch(x, {"mix": y})  # warm-up: tracing
 

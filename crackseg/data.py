@@ -1,4 +1,4 @@
-"""Dataset readers, splits and the tf.data input pipeline.
+"""Dataset readers, splits and the numpy/OpenCV augmentation of the training input (Keras wrappers: inputs.py).
 
 Layouts read (auto-detected under a root; a root that holds several of them reads them all):
 
@@ -7,7 +7,7 @@ Layouts read (auto-detected under a root; a root that holds several of them read
 * generic: ``images/`` + ``masks/`` with optional ``train.txt`` / ``val.txt`` / ``test.txt`` lists of stems.
 
 A sample's id is its image path relative to the data root, e.g. ``DeepCrack/train_img/11111.jpg``; split list
-files hold ids (or bare stems), one per line. TensorFlow is imported only by the tf.data functions.
+files hold ids (or bare stems), one per line. No Keras or TensorFlow here.
 """
 from __future__ import annotations
 
@@ -186,115 +186,80 @@ def load_split(data: str, lists: str | None = None, val_fraction: float = 0.1, s
     return split_samples(samples, lists, val_fraction, seed)
 
 
-# ---------------------------------------------------------------------------------------------- tf.data
-def one_hot(mask):
-    """Boolean/0-1 mask (..., H, W) -> two-channel float labels (..., H, W, 2): [background, crack]."""
-    import tensorflow as tf
-
-    crack = tf.cast(mask, tf.float32)[..., None]
-    return tf.concat([1.0 - crack, crack], axis=-1)
-
-
-def _stack(image, mask, extra=None):
-    """image (3) + mask (1) [+ extra channels] as one float tensor, so every geometric transform hits all alike."""
-    import tensorflow as tf
-
-    parts = [tf.cast(image, tf.float32), tf.cast(mask, tf.float32)[..., None]]
-    if extra is not None:
-        parts.append(tf.cast(extra, tf.float32))
-    return tf.concat(parts, axis=-1)
+# ---------------------------------------------------------------------------------------------- input pipeline
+# numpy/OpenCV, so one implementation serves every Keras backend (TensorFlow on CPU; JAX or PyTorch on a GPU
+# machine without TensorFlow). crackseg.inputs runs it in Keras' PyDataset worker threads.
+def one_hot(mask: np.ndarray) -> np.ndarray:
+    """Boolean/0-1 mask (..., H, W) -> two-channel float32 labels (..., H, W, 2): [background, crack]."""
+    crack = np.asarray(mask, np.float32)[..., None]
+    return np.concatenate([1.0 - crack, crack], axis=-1)
 
 
-def _augment(image, mask, crop: int, seed_pair, jitter: bool, extra=None):
-    """Random crop (padding first when smaller), flips, 90-degree rotations, colour jitter; uint8 in.
+def _pad_to(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pad at the bottom/right up to (height, width): mirrored up to the array's own size, then zeros."""
+    h, w = array.shape[:2]
+    ph, pw = max(height - h, 0), max(width - w, 0)
+    if not (ph or pw):
+        return array
+    rest = ((0, 0),) * (array.ndim - 2)
+    mh, mw = min(ph, h), min(pw, w)
+    array = np.pad(array, ((0, mh), (0, mw)) + rest, mode="symmetric")
+    return np.pad(array, ((0, ph - mh), (0, pw - mw)) + rest)
 
-    ``extra`` (H, W, C) float channels, e.g. teacher soft labels, get the same crop / flips / rotation as the mask
-    (never the colour jitter) and are returned third.
+
+def _jitter_colour(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Brightness +-0.15, contrast x0.75-1.25, saturation x0.7-1.3, hue +-0.04 turns; float RGB in [0, 1]."""
+    image = image + rng.uniform(-0.15, 0.15)
+    mean = image.mean(axis=(0, 1), keepdims=True)
+    image = np.clip((image - mean) * rng.uniform(0.75, 1.25) + mean, 0.0, 1.0).astype(np.float32)
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)  # float32: H in degrees, S and V in [0, 1]
+    hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.7, 1.3), 0.0, 1.0)
+    hsv[..., 0] = (hsv[..., 0] + 360.0 * rng.uniform(-0.04, 0.04)) % 360.0
+    return np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), 0.0, 1.0)
+
+
+def augment_sample(image: np.ndarray, mask: np.ndarray, crop: int, rng: np.random.Generator, jitter: bool = True,
+                   extra: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """One random crop (padding first when smaller), flips, 90-degree rotation and colour jitter of a uint8 image.
+
+    Returns ``(image [-1, 1] (crop, crop, 3), one-hot (crop, crop, 2)[, extra (crop, crop, C)])``. ``extra`` float
+    channels (teacher soft labels) get the same crop / flips / rotation as the mask, never the colour jitter.
     """
-    import tensorflow as tf
-
-    stacked = _stack(image, mask, extra)
-    h, w = tf.shape(stacked)[0], tf.shape(stacked)[1]
-    ph, pw = tf.maximum(crop - h, 0), tf.maximum(crop - w, 0)
-    # Mirror at most the image's own size (MirrorPad's limit), then zeros for crops over twice the image.
-    mh, mw = tf.minimum(ph, h), tf.minimum(pw, w)
-    stacked = tf.pad(stacked, [[0, mh], [0, mw], [0, 0]], mode="SYMMETRIC")
-    stacked = tf.pad(stacked, [[0, ph - mh], [0, pw - mw], [0, 0]])
-    seeds = tf.random.experimental.stateless_split(seed_pair, 6)
-    stacked = tf.image.stateless_random_crop(stacked, [crop, crop, int(stacked.shape[-1])], seed=seeds[0])
-    stacked = tf.image.stateless_random_flip_left_right(stacked, seed=seeds[1])
-    stacked = tf.image.stateless_random_flip_up_down(stacked, seed=seeds[2])
-    k = tf.random.stateless_uniform([], seeds[3], 0, 4, dtype=tf.int32)
-    stacked = tf.image.rot90(stacked, k)
-    image, mask = stacked[..., :3] / 255.0, stacked[..., 3] > 0.5
+    parts = [image, mask] + ([extra] if extra is not None else [])
+    parts = [_pad_to(p, crop, crop) for p in parts]
+    h, w = parts[1].shape
+    top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+    flip_lr, flip_ud, turns = rng.random() < 0.5, rng.random() < 0.5, int(rng.integers(0, 4))
+    out = []
+    for p in parts:
+        p = p[top:top + crop, left:left + crop]
+        p = p[:, ::-1] if flip_lr else p
+        p = p[::-1] if flip_ud else p
+        out.append(np.rot90(p, turns))
+    rgb = out[0].astype(np.float32) / 255.0
     if jitter:
-        s = tf.random.experimental.stateless_split(seeds[4], 4)
-        image = tf.image.stateless_random_brightness(image, 0.15, seed=s[0])
-        image = tf.image.stateless_random_contrast(image, 0.75, 1.25, seed=s[1])
-        image = tf.image.stateless_random_saturation(image, 0.7, 1.3, seed=s[2])
-        image = tf.image.stateless_random_hue(image, 0.04, seed=s[3])
-        image = tf.clip_by_value(image, 0.0, 1.0)
-    if extra is not None:
-        return normalize(image * 255.0), one_hot(mask), stacked[..., 4:]
-    return normalize(image * 255.0), one_hot(mask)
+        rgb = _jitter_colour(rgb, rng)
+    result = (normalize(rgb * 255.0).astype(np.float32), one_hot(out[1]))
+    return result + ((np.ascontiguousarray(out[2], np.float32),) if extra is not None else ())
 
 
-def _generator(images, masks, extra=None):
-    import tensorflow as tf
+def center_sample(image: np.ndarray, mask: np.ndarray, crop: int, extra: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, ...]:
+    """The central ``crop`` x ``crop`` window (zero-padded when smaller), no augmentation; same outputs as
+    ``augment_sample``."""
+    def center(p):
+        h, w = p.shape[:2]
+        top, left = max((h - crop) // 2, 0), max((w - crop) // 2, 0)
+        p = p[top:top + crop, left:left + crop]
+        ph, pw = crop - p.shape[0], crop - p.shape[1]
+        before = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)) + ((0, 0),) * (p.ndim - 2)
+        return np.pad(p, before)
 
-    sig = (tf.TensorSpec((None, None, 3), tf.uint8), tf.TensorSpec((None, None), tf.bool))
-    if extra is None:
-        return tf.data.Dataset.from_generator(lambda: ((images[i], masks[i]) for i in range(len(images))),
-                                              output_signature=sig)
-    sig = sig + (tf.TensorSpec((None, None, extra[0].shape[-1]), tf.float32),)
-    return tf.data.Dataset.from_generator(
-        lambda: ((images[i], masks[i], extra[i]) for i in range(len(images))), output_signature=sig)
-
-
-def train_dataset(images: list, masks: list, crop: int = 256, batch_size: int = 4, seed: int = 0,
-                  augment: bool = True, jitter: bool = True, extra: list | None = None):
-    """Endless shuffled, augmented batches of ``(image [-1,1] (B,crop,crop,3), one-hot (B,crop,crop,2))``;
-    use ``steps_per_epoch(len(images), batch_size)`` steps per epoch.
-
-    ``extra``: optional per-image float arrays (H, W, C) (teacher soft labels); they are cropped, flipped and
-    rotated exactly like image and mask and come third: ``(image, one-hot, extra (B,crop,crop,C))``.
-
-    The decoded arrays stay in memory (``cache``); crops and jitter run in parallel and are prefetched.
-    Augmentation randomness is stateless, seeded by (seed, sample counter): runs are reproducible.
-    """
-    import tensorflow as tf
-
-    if not images:
-        raise DataError("training split is empty")
-    n = len(images)
-    _check_extra(images, extra)
-    ds = _generator(images, masks, extra).cache().shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
-    counter = tf.data.Dataset.counter()
-
-    def transform(item, i):
-        soft = item[2] if extra is not None else None
-        if augment:
-            return _augment(item[0], item[1], crop, tf.stack([tf.cast(seed, tf.int64), i]), jitter, soft)
-        return _center(item[0], item[1], crop, soft)
-
-    ds = tf.data.Dataset.zip((ds, counter)).map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    result = (normalize(center(image).astype(np.float32)).astype(np.float32), one_hot(center(mask)))
+    return result + ((center(extra).astype(np.float32),) if extra is not None else ())
 
 
-def steps_per_epoch(n_images: int, batch_size: int) -> int:
-    """One epoch = every training image seen once (as one random crop)."""
-    return max(1, n_images // batch_size)
-
-
-def _center(image, mask, crop: int, extra=None):
-    import tensorflow as tf
-
-    stacked = tf.image.resize_with_crop_or_pad(_stack(image, mask, extra), crop, crop)
-    return (normalize(stacked[..., :3]), one_hot(stacked[..., 3] > 0.5)) + (
-        (stacked[..., 4:],) if extra is not None else ())
-
-
-def _check_extra(images: list, extra: list | None) -> None:
+def check_extra(images: list, extra: list | None) -> None:
     if extra is None:
         return
     if len(extra) != len(images):
@@ -304,25 +269,9 @@ def _check_extra(images: list, extra: list | None) -> None:
             raise DataError(f"extra labels of image #{i} have shape {more.shape}; image is {image.shape[:2]}")
 
 
-def eval_dataset(images: list, masks: list, extra: list | None = None):
-    """Full-size validation images one at a time (sizes differ between datasets): ``(image, one-hot)``, or
-    ``(image, one-hot, extra)`` when ``extra`` per-image (H, W, C) float arrays are given."""
-    import tensorflow as tf
-
-    from .preprocess import MULTIPLE
-
-    _check_extra(images, extra)
-
-    def pad(image, mask, more=None):
-        h, w = tf.shape(image)[0], tf.shape(image)[1]
-        ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
-        image = tf.pad(tf.cast(image, tf.float32), [[0, ph], [0, pw], [0, 0]], mode="SYMMETRIC")
-        mask = tf.pad(mask, [[0, ph], [0, pw]])
-        if more is None:
-            return normalize(image), one_hot(mask)
-        return normalize(image), one_hot(mask), tf.pad(more, [[0, ph], [0, pw], [0, 0]], mode="SYMMETRIC")
-
-    return _generator(images, masks, extra).cache().map(pad).batch(1).prefetch(2)
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    """One epoch = every training image seen once (as one random crop)."""
+    return max(1, n_images // batch_size)
 
 
 # ---------------------------------------------------------------------------------------------- for the scripts

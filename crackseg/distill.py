@@ -58,12 +58,10 @@ def soften(logits: np.ndarray, temperature: float) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def soften_ground_truth(one_hot, t0: float):
-    """Ground truth at T0 (tensor op): T0 = 0 keeps the hard one-hot labels, T0 > 0 gives softmax(one_hot / T0)."""
-    import tensorflow as tf
-
-    one_hot = tf.cast(one_hot, tf.float32)
-    return one_hot if t0 == 0 else tf.nn.softmax(one_hot / float(t0), axis=-1)
+def soften_ground_truth(one_hot: np.ndarray, t0: float) -> np.ndarray:
+    """Ground truth at T0: T0 = 0 keeps the hard one-hot labels, T0 > 0 gives softmax(one_hot / T0)."""
+    one_hot = np.asarray(one_hot, np.float32)
+    return one_hot if t0 == 0 else soften(one_hot, t0)
 
 
 def resolve_strategy(strategy: str, t0: float | None = None, t1: float | None = None,
@@ -237,19 +235,17 @@ def student_heads(t1: float, t2: float) -> dict[str, tuple[str, float]]:
     return {**{h: (h, t1) for h in HEADS}, REAL: ("mix", t2)}
 
 
-def kd_targets(one_hot, soft, t0: float) -> dict:
-    """Targets of the five student outputs for one batch (tensor op).
+def kd_targets(one_hot: np.ndarray, soft: np.ndarray | None, t0: float) -> dict[str, np.ndarray]:
+    """Targets of the five student outputs for one batch.
 
     ``one_hot`` (..., 2) ground truth; ``soft`` (..., 4) teacher crack probabilities (heads h, x, y, mix), or None
     for the no-teacher baseline, whose four heads then learn the ground truth at T0 too.
     """
-    import tensorflow as tf
-
     real = soften_ground_truth(one_hot, t0)
     if soft is None:
         return {**{h: real for h in HEADS}, REAL: real}
-    soft = tf.cast(soft, tf.float32)
-    targets = {h: tf.stack([1.0 - soft[..., i], soft[..., i]], axis=-1) for i, h in enumerate(HEADS)}
+    soft = np.asarray(soft, np.float32)
+    targets = {h: np.stack([1.0 - soft[..., i], soft[..., i]], axis=-1) for i, h in enumerate(HEADS)}
     return {**targets, REAL: real}
 
 

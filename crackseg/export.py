@@ -461,6 +461,23 @@ def format_parity(r: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- model cards
+def complete_card_facts(model_path: str | Path, net) -> bool:
+    """Fill in the GFLOPs of a .keras model's card written where TensorFlow was missing (Train_3 on a JAX or PyTorch
+    GPU machine; see ``crackseg.card.model_facts``). The model file is unchanged, so its sha256 stays valid.
+    Returns whether the card changed."""
+    from .card import model_facts
+
+    dest = model_card_path(model_path)
+    if not dest.is_file():
+        return False
+    card = read_model_card(model_path)
+    if card.get("gflops") is not None:
+        return False
+    card.update(model_facts(net, int(card.get("flops_input_size", 448))))
+    atomic_write_json(dest, card)
+    return True
+
+
 def write_export_card(source: str | Path | None, out_path: str | Path, fmt: str, info: dict) -> Path:
     """Model card beside ``out_path``: the destination's card if it has one (shared by ``student.keras`` and
     ``student.onnx``), else a copy of the source's, with ``exports[fmt] = info`` added."""

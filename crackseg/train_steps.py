@@ -1,6 +1,8 @@
 """The bodies of Train_1_Step and Train_3_Step: wiring of data, model, loss and the shared loop."""
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -8,19 +10,44 @@ import keras
 from model import HEADS, build_model, profile
 from model.profile import format_profile
 
-from .data import load_training_data, steps_per_epoch, train_dataset, eval_dataset
+from .data import load_training_data
+from .inputs import eval_dataset, train_dataset
 from .keras_metrics import crack_metrics
 from .losses import make_loss
 from .training import compile_model, fit
 
 
 def resolve_preset_name(preset: str) -> str:
-    """``auto``: the paper's teacher when a GPU is visible, the CPU teacher preset otherwise."""
+    """``auto``: the paper's teacher when Keras' backend sees a GPU, the CPU teacher preset otherwise."""
     if preset != "auto":
         return preset
-    import tensorflow as tf
+    return "teacher" if gpu_visible() else "teacher_cpu"
 
-    return "teacher" if tf.config.list_physical_devices("GPU") else "teacher_cpu"
+
+def gpu_visible() -> bool:
+    """Whether the Keras backend (TensorFlow, JAX or PyTorch) has a GPU to run on."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def print_profile(preset: str, size: int, overrides: dict) -> None:
+    """Parameters, activations and (with TensorFlow's profiler installed) FLOPs of a preset at ``size``^2."""
+    import importlib.util
+
+    with_flops = importlib.util.find_spec("tensorflow") is not None
+    print(format_profile(profile(build_model(preset, size, **overrides), size, flops=with_flops)))
 
 
 def _lists(value):
@@ -40,18 +67,66 @@ def train_teacher(config: dict) -> dict:
         return compile_model(model, {h: loss for h in HEADS}, config["lr"], config["optimizer"],
                              metrics={"mix": crack_metrics(config["threshold"], config["distance"])})
 
-    print(format_profile(profile(build_model(config["preset"], config["profile_size"], **overrides),
-                                 config["profile_size"])))
+    print_profile(config["preset"], config["profile_size"], overrides)
     heads = lambda x, y: (x, {h: y for h in HEADS})  # noqa: E731
     train = train_dataset(*arrays["train"], crop=config["crop"], batch_size=config["batch_size"],
-                          seed=config["seed"]).map(heads)
-    val = eval_dataset(*arrays["val"]).map(heads)
+                          seed=config["seed"], targets=heads)
+    val = eval_dataset(*arrays["val"], targets=heads)
     preview = (arrays["val"][0][0], arrays["val"][1][0])
-    state = fit(build, train, val, steps_per_epoch(len(arrays["train"][0]), config["batch_size"]), config["out"],
-                config, epochs=config["epochs"], monitor="val_mix_f1", lr_patience=config["lr_patience"],
-                stop_patience=config["stop_patience"], preview=preview, preview_output="mix")
+    state = fit(build, train, val, config["out"], config, epochs=config["epochs"], monitor="val_mix_f1",
+                lr_patience=config["lr_patience"], stop_patience=config["stop_patience"],
+                max_minutes=config["max_minutes"], preview=preview, preview_output="mix")
     print(f"best val_mix_f1 {state['best']:.4f}; teacher: {Path(config['out']) / 'best.keras'}")
+    if config["deploy"]:
+        deploy_teacher(config, arrays)
     return state
+
+
+def deploy_teacher(config: dict, arrays: dict) -> Path:
+    """Copy the run's best.keras to ``--deploy`` (atomically) with a model card: params, FLOPs, how it was trained,
+    and the validation report of its mix head at the ODS threshold."""
+    import shutil
+
+    from model import deploy_model, infer_preset
+
+    from .card import model_facts, write_card
+    from .io import atomic_path
+    from .metrics import format_report
+
+    run = Path(config["out"])
+    state = json.loads((run / "state.json").read_text())
+    best = load_keras_model(run / "best.keras")
+    report = choose_threshold(deploy_model(best, head="mix", temperature=1.0), *arrays["val"],
+                              distance=config["distance"])
+    print("teacher (mix head) on validation at the ODS threshold:\n" + format_report(report))
+    dest = Path(config["deploy"])
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(run / "best.keras", tmp)
+    info = {"kind": "MCFF-L teacher, four heads (h, x, y, mix); engines and evaluate.py use the mix head",
+            "output": "dict of crack probabilities h, x, y, mix (N, H, W, 2)",
+            "input": "RGB, scaled to [-1, 1], H and W padded to multiples of 4 (crackseg.preprocess.prepare)",
+            **model_facts(best, config["profile_size"]), "preset": config["preset"],
+            "architecture": asdict(infer_preset(best)), "loss": config["loss"],
+            **data_facts(config, arrays["splits"]), **validation_facts(report),
+            "run": str(run), "epochs": state["epoch"], "best_val_mix_f1": state["best"]}
+    card = write_card(dest, info)
+    print(f"teacher: {dest} (threshold {report['ods_threshold']:.2f}), card {card}")
+    return dest
+
+
+def data_facts(config: dict, splits: dict) -> dict:
+    """What a model card says about the training data: roots, split lists (or seeded split) and image counts."""
+    lists = _lists(config["lists"])
+    return {"data": config["data"],
+            "splits": ({s: str(Path(lists, f"{s}.txt")) for s in ("train", "val")} if lists
+                       else f"seeded split: val_fraction={config['val_fraction']}, seed={config['seed']}"),
+            "images": {s: len(v) for s, v in splits.items()}}
+
+
+def validation_facts(report: dict) -> dict:
+    """A model card's threshold (ODS on validation) and the validation metrics there."""
+    return {"threshold": report["ods_threshold"],
+            "validation": {k: report[k] for k in ("images", "strict", "tolerant", "ods_f1", "ois_f1", "miou")}}
 
 
 # ---------------------------------------------------------------------------------------------- Train_2 and Train_3
@@ -148,8 +223,6 @@ def choose_threshold(deployed: keras.Model, images: list, masks: list, distance:
 def train_student(config: dict) -> dict:
     """Train_3: the student on five outputs (h, x, y, mix at T1 + real = mix at T2), best by val_real_f1, then the
     deployable student (mix head at T2 only) + its model card with the ODS threshold from validation."""
-    from dataclasses import asdict
-
     from model import build_logits_model, deploy_model, infer_preset, with_heads
 
     from .card import model_facts, write_card
@@ -189,19 +262,18 @@ def train_student(config: dict) -> dict:
         return compile_model(student, losses, config["lr"], config["optimizer"], loss_weights=weights,
                              metrics={"real": crack_metrics(config["threshold"], config["distance"])})
 
-    print(format_profile(profile(build_model(config["preset"], config["profile_size"], **overrides),
-                                 config["profile_size"])))
+    print_profile(config["preset"], config["profile_size"], overrides)
     if kd["distill"]:
         to_targets = lambda x, y, soft: (x, kd_targets(y, soft, t0))  # noqa: E731
     else:
         to_targets = lambda x, y: (x, kd_targets(y, None, t0))  # noqa: E731
     train = train_dataset(*arrays["train"], crop=config["crop"], batch_size=config["batch_size"],
-                          seed=config["seed"], extra=train_soft).map(to_targets)
-    val = eval_dataset(*arrays["val"], extra=val_soft).map(to_targets)
+                          seed=config["seed"], extra=train_soft, targets=to_targets)
+    val = eval_dataset(*arrays["val"], extra=val_soft, targets=to_targets)
     preview = (arrays["val"][0][0], arrays["val"][1][0])
-    state = fit(build, train, val, steps_per_epoch(len(arrays["train"][0]), config["batch_size"]), config["out"],
-                config, epochs=config["epochs"], monitor="val_real_f1", lr_patience=config["lr_patience"],
-                stop_patience=config["stop_patience"], preview=preview, preview_output="real")
+    state = fit(build, train, val, config["out"], config, epochs=config["epochs"], monitor="val_real_f1",
+                lr_patience=config["lr_patience"], stop_patience=config["stop_patience"],
+                max_minutes=config["max_minutes"], preview=preview, preview_output="real")
     run = Path(config["out"])
     print(f"best val_real_f1 {state['best']:.4f}; student run: {run / 'best.keras'}")
 
@@ -212,7 +284,6 @@ def train_student(config: dict) -> dict:
         deployed.save(tmp)
     report = choose_threshold(deployed, *arrays["val"], distance=config["distance"])
     print("validation at the ODS threshold:\n" + format_report(report))
-    lists = _lists(config["lists"])
     info = {
         "kind": "MCFF-L student, mix head only", "output": "crack probability (N, H, W, 1)",
         "input": "RGB, scaled to [-1, 1], H and W padded to multiples of 4 (crackseg.preprocess.prepare)",
@@ -220,12 +291,7 @@ def train_student(config: dict) -> dict:
         "preset": config["preset"], "architecture": asdict(infer_preset(best)),
         "strategy": kd["strategy"], "t0": t0, "t1": t1, "t2": t2, "alpha": config["alpha"],
         "soft_loss_scale": t1 ** 2 if config["t1_squared"] else 1.0, "loss": config["loss"],
-        "teacher": teacher, "data": config["data"],
-        "splits": ({s: str(Path(lists, f"{s}.txt")) for s in ("train", "val")} if lists
-                   else f"seeded split: val_fraction={config['val_fraction']}, seed={config['seed']}"),
-        "images": {s: len(v) for s, v in splits.items()},
-        "threshold": report["ods_threshold"],
-        "validation": {k: report[k] for k in ("images", "strict", "tolerant", "ods_f1", "ois_f1", "miou")},
+        "teacher": teacher, **data_facts(config, splits), **validation_facts(report),
         "run": str(run), "epochs": state["epoch"], "best_val_real_f1": state["best"],
     }
     card = write_card(deploy_path, info)

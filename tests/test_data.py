@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import REPO, SYNTHETIC_COUNT, SYNTHETIC_SIZE, needs_shared
 
-from crackseg.data import (DataError, Sample, eval_dataset, find_samples, load_arrays, load_pair, load_split,
-                           read_image, read_mask, split_samples, steps_per_epoch, train_dataset)
+from crackseg.data import (DataError, Sample, augment_sample, find_samples, load_arrays, load_pair, load_split,
+                           read_image, read_mask, split_samples, steps_per_epoch)
+from crackseg.inputs import eval_dataset, train_dataset
 
 
 def _png(path: Path, array: np.ndarray) -> Path:
@@ -220,7 +221,6 @@ def arrays(synthetic_data):
 
 
 def _check_batch(x, y, batch, crop):
-    x, y = x.numpy(), y.numpy()
     assert x.shape == (batch, crop, crop, 3) and x.dtype == np.float32
     assert y.shape == (batch, crop, crop, 2) and y.dtype == np.float32
     assert x.min() >= -1.0 and x.max() <= 1.0
@@ -231,36 +231,71 @@ def _check_batch(x, y, batch, crop):
 def test_train_dataset_shapes_types_and_ranges(arrays):
     images, masks = arrays
     ds = train_dataset(images, masks, crop=64, batch_size=3, seed=1)
+    assert len(ds) == steps_per_epoch(len(images), 3) == 4 and steps_per_epoch(2, 4) == 1
     seen_crack = 0.0
-    for x, y in ds.take(5):  # more batches than one pass of 12 images: the set repeats
-        _check_batch(x, y, 3, 64)
-        seen_crack += float(y.numpy()[..., 1].sum())
+    for epoch in range(2):
+        for i in range(len(ds)):
+            x, y = ds[i]
+            _check_batch(x, y, 3, 64)
+            seen_crack += float(y[..., 1].sum())
+        ds.on_epoch_end()
     assert seen_crack > 0
-    assert steps_per_epoch(len(images), 3) == 4 and steps_per_epoch(2, 4) == 1
+    with pytest.raises(IndexError):
+        ds[len(ds)]
 
 
-def test_train_dataset_is_reproducible(arrays):
+def test_train_dataset_is_reproducible_and_reshuffles_each_epoch(arrays):
     images, masks = arrays
-    a = [x.numpy() for x, _ in train_dataset(images, masks, crop=32, batch_size=2, seed=5).take(2)]
-    b = [x.numpy() for x, _ in train_dataset(images, masks, crop=32, batch_size=2, seed=5).take(2)]
-    np.testing.assert_array_equal(a, b)
+    a = train_dataset(images, masks, crop=32, batch_size=2, seed=5)
+    b = train_dataset(images, masks, crop=32, batch_size=2, seed=5)
+    np.testing.assert_array_equal(a[1][0], b[1][0])
+    np.testing.assert_array_equal(a[0][0], a[0][0])  # a batch does not depend on what was asked before
+    first = a.order(0)
+    a.on_epoch_end()
+    assert sorted(a.order(1)) == list(range(len(images))) and not np.array_equal(a.order(1), first)
+    assert not np.array_equal(a[0][0], b[0][0])
+    other_seed = train_dataset(images, masks, crop=32, batch_size=2, seed=6)
+    assert not np.array_equal(other_seed[0][0], b[0][0])
 
 
 @pytest.mark.parametrize("crop", [160, 256])  # larger than the 96 x 128 images; 256 is more than twice the height
 def test_train_dataset_pads_crops_larger_than_the_image(arrays, crop):
     images, masks = arrays
-    x, y = next(iter(train_dataset(images[:2], masks[:2], crop=crop, batch_size=2)))
+    x, y = train_dataset(images[:2], masks[:2], crop=crop, batch_size=2)[0]
     _check_batch(x, y, 2, crop)
-    x, y = next(iter(train_dataset(images[:2], masks[:2], crop=crop, batch_size=2, augment=False)))
+    x, y = train_dataset(images[:2], masks[:2], crop=crop, batch_size=2, augment=False)[0]
     _check_batch(x, y, 2, crop)
 
 
 def test_train_dataset_without_augmentation_keeps_the_labels(arrays):
     images, masks = arrays
-    x, y = next(iter(train_dataset(images[:1], masks[:1], crop=96, batch_size=1, augment=False)))
+    x, y = train_dataset(images[:1], masks[:1], crop=96, batch_size=1, augment=False)[0]
     # centre crop 96 x 96 of a 96 x 128 image: columns 16..111
-    np.testing.assert_array_equal(y.numpy()[0, ..., 1] > 0.5, masks[0][:, 16:112])
-    np.testing.assert_allclose(x.numpy()[0], images[0][:, 16:112] / 127.5 - 1.0, atol=1e-5)
+    np.testing.assert_array_equal(y[0, ..., 1] > 0.5, masks[0][:, 16:112])
+    np.testing.assert_allclose(x[0], images[0][:, 16:112] / 127.5 - 1.0, atol=1e-5)
+
+
+def test_augmentation_moves_image_and_mask_together():
+    """A mask drawn from the image itself must still match it after crop / flip / rotation / padding."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    mask = image[..., 1] > 128
+    for seed in range(12):
+        x, y = augment_sample(image, mask, 48, np.random.default_rng(seed), jitter=False)
+        assert x.shape == (48, 48, 3) and y.shape == (48, 48, 2)
+        pixel = np.rint((x[..., 1] + 1.0) * 127.5)
+        np.testing.assert_array_equal(y[..., 1] > 0.5, pixel > 128)
+
+
+def test_colour_jitter_keeps_range_and_geometry():
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    mask = rng.uniform(size=(32, 32)) > 0.8
+    plain = augment_sample(image, mask, 32, np.random.default_rng(9), jitter=False)
+    jittered = augment_sample(image, mask, 32, np.random.default_rng(9), jitter=True)
+    np.testing.assert_array_equal(plain[1], jittered[1])  # same crop, flips, rotation
+    assert jittered[0].min() >= -1.0 and jittered[0].max() <= 1.0
+    assert not np.allclose(plain[0], jittered[0])
 
 
 def test_train_dataset_refuses_an_empty_split():
@@ -271,18 +306,18 @@ def test_train_dataset_refuses_an_empty_split():
 def test_eval_dataset_shapes(arrays):
     images, masks = arrays
     odd_image, odd_mask = images[0][:50, :70], masks[0][:50, :70]
-    items = list(eval_dataset([images[1], odd_image], [masks[1], odd_mask]))
+    items = [tuple(np.asarray(t) for t in item) for item in eval_dataset([images[1], odd_image], [masks[1], odd_mask])]
     assert len(items) == 2
     (x1, y1), (x2, y2) = items
     assert x1.shape == (1, 96, 128, 3) and y1.shape == (1, 96, 128, 2)
     assert x2.shape == (1, 52, 72, 3) and y2.shape == (1, 52, 72, 2)  # padded to a multiple of 4
-    np.testing.assert_array_equal(y1.numpy()[0, ..., 1] > 0.5, masks[1])
-    np.testing.assert_allclose(x1.numpy()[0], images[1] / 127.5 - 1.0, atol=1e-5)
-    np.testing.assert_array_equal(y2.numpy()[0, :50, :70, 1] > 0.5, odd_mask)
-    assert not y2.numpy()[0, 50:, :, 1].any() and not y2.numpy()[0, :, 70:, 1].any()
+    np.testing.assert_array_equal(y1[0, ..., 1] > 0.5, masks[1])
+    np.testing.assert_allclose(x1[0], images[1] / 127.5 - 1.0, atol=1e-5)
+    np.testing.assert_array_equal(y2[0, :50, :70, 1] > 0.5, odd_mask)
+    assert not y2[0, 50:, :, 1].any() and not y2[0, :, 70:, 1].any()
     for x, y in items:
-        assert x.numpy().min() >= -1 and x.numpy().max() <= 1
-        np.testing.assert_array_equal(y.numpy().sum(-1), 1.0)
+        assert x.min() >= -1 and x.max() <= 1
+        np.testing.assert_array_equal(y.sum(-1), 1.0)
 
 
 # ---------------------------------------------------------------------------------------------- preprocess

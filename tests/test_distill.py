@@ -258,22 +258,24 @@ def test_compiled_student_loss_is_the_weighted_sum():
     assert result["loss"] == pytest.approx(expected, rel=1e-4)
 
 
-# ---------------------------------------------------------------------------------------------- tf.data
+# ---------------------------------------------------------------------------------------------- input
 def test_train_dataset_transforms_soft_labels_with_image_and_mask():
     """Extra channels built from the image and mask must still match them after crop / flip / rotation."""
-    from crackseg.data import eval_dataset, train_dataset
+    from crackseg.inputs import eval_dataset, train_dataset
 
     rng = np.random.default_rng(7)
     images = [rng.integers(0, 256, (40, 52, 3), dtype=np.uint8) for _ in range(3)]
     masks = [rng.uniform(size=(40, 52)) > 0.7 for _ in range(3)]
     extra = [np.stack([im[..., 0] / 255.0, m], -1).astype(np.float32) for im, m in zip(images, masks)]
     ds = train_dataset(images, masks, crop=24, batch_size=3, seed=1, jitter=False, extra=extra)
-    for x, y, more in ds.take(3):
-        x, y, more = np.asarray(x), np.asarray(y), np.asarray(more)
+    for x, y, more in [ds[i] for i in range(len(ds))]:
         assert more.shape == (3, 24, 24, 2)
         assert np.allclose((x[..., 0] + 1) * 127.5, more[..., 0] * 255.0, atol=1e-3)
         assert np.array_equal(y[..., 1], more[..., 1])
-    x, y = next(iter(train_dataset(images, masks, crop=24, batch_size=3, seed=1)))  # Train_1's form unchanged
+    ds.on_epoch_end()
+    x, y, more = ds[0]
+    assert np.allclose((x[..., 0] + 1) * 127.5, more[..., 0] * 255.0, atol=1e-3)
+    x, y = train_dataset(images, masks, crop=24, batch_size=3, seed=1)[0]  # Train_1's form unchanged
     assert x.shape == (3, 24, 24, 3) and y.shape == (3, 24, 24, 2)
     x, y, more = next(iter(eval_dataset(images[:1], masks[:1], extra[:1])))
     assert x.shape == (1, 40, 52, 3) and np.allclose(np.asarray(more)[0], extra[0])

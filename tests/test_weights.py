@@ -1,5 +1,6 @@
-"""The weights that ship in weights/: every model file there loads, has the student's parameter count, matches the
-sha256 its model card records, and segments an image the same way as the .keras original.
+"""The weights that ship in weights/: every model file there loads, has its preset's parameter count (the student's
+1,178,601; the teacher's), matches the sha256 its model card records, and segments an image the same way as the
+.keras original.
 
 Each model file has a card beside it (``student.json`` for student.keras and student.onnx, ``student_fast.json``
 for student_fast.onnx, ...): a model file without a card, or a card naming a missing file, fails.
@@ -16,6 +17,7 @@ from conftest import REPO
 
 WEIGHTS = REPO / "weights"
 STUDENT_PARAMS = 1_178_601  # model.PRESETS["student"]: `python -m model`
+PRESET_PARAMS = {"student": STUDENT_PARAMS, "teacher_cpu": 3_636_441, "teacher": 32_804_745}  # four-head networks
 MODEL_SUFFIXES = (".keras", ".onnx", ".engine", ".xml")
 
 pytestmark = pytest.mark.skipif(not (WEIGHTS / "student.keras").is_file(),
@@ -57,15 +59,16 @@ def test_shipped_file_matches_card_and_runs(path: Path):
     from crackseg.engines import open_engine
 
     card = read_card(path, verify=True)  # sha256 of this very file, as recorded when it was written
-    assert card["params"] == STUDENT_PARAMS
+    expected = PRESET_PARAMS[card["preset"]]
+    assert card["params"] == expected
     if path.suffix == ".keras":
-        from crackseg.engines import load_deployable_keras
+        from crackseg.train_steps import load_keras_model
 
-        assert load_deployable_keras(str(path)).count_params() == STUDENT_PARAMS
+        assert load_keras_model(path).count_params() == expected  # all heads, as trained
     elif path.suffix == ".onnx" and "_int8" not in path.stem:
         # tf2onnx stores identical initializers once: the biases of convolutions that feed an instance norm stay at
         # zero (the norm subtracts any per-channel constant, so their gradient is 0) and merge (144 numbers here).
-        assert 0.995 * STUDENT_PARAMS <= onnx_parameter_count(path) <= STUDENT_PARAMS
+        assert 0.995 * expected <= onnx_parameter_count(path) <= expected
     backend = {".keras": "keras", ".onnx": "onnx"}.get(path.suffix, "auto")
     if path.stem.endswith("_fast"):
         backend = "openvino"
@@ -81,11 +84,12 @@ def test_shipped_file_matches_card_and_runs(path: Path):
 
 
 def test_exports_agree_with_keras():
-    """Every shipped export segments one image like the .keras model (int8: most pixels, fp32: all but a few)."""
+    """Every shipped export (of the student) segments one image like student.keras (int8: most pixels, fp32: all but
+    a few)."""
     from crackseg.engines import open_engine
 
     files = shipped_files()
-    keras_file = next(p for p in files if p.suffix == ".keras")
+    keras_file = WEIGHTS / "student.keras"
     image = _pavement(128, 160)
     reference = open_engine(str(keras_file), "keras")
     try:

@@ -1,0 +1,116 @@
+"""Training and validation input for ``model.fit``: ``crackseg.data``'s augmentation in ``keras.utils.PyDataset``
+objects, the same for every Keras backend. Worker threads overlap it with the training step (OpenCV releases the
+GIL); a batch of four 256^2 crops costs milliseconds against a CPU step of seconds.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import keras
+import numpy as np
+
+from .data import DataError, check_extra, augment_sample, center_sample, one_hot, steps_per_epoch
+from .preprocess import MULTIPLE, normalize
+
+Targets = Callable[..., tuple]  # (image batch, one-hot batch[, extra batch]) -> what Keras' fit gets
+
+
+class TrainBatches(keras.utils.PyDataset):
+    """Shuffled, augmented training batches: ``(image [-1,1] (B,crop,crop,3), one-hot (B,crop,crop,2))``, or with
+    ``extra`` per-image float arrays (H, W, C) (teacher soft labels) ``(image, one-hot, extra (B,crop,crop,C))``,
+    passed through ``targets`` when given (e.g. to make a dict of per-head targets).
+
+    One epoch (``len``) = every image once; the order is reshuffled each epoch. Randomness comes from
+    (seed, epoch, sample position) only, so runs are reproducible whatever the number of worker threads.
+    """
+
+    def __init__(self, images: list, masks: list, crop: int = 256, batch_size: int = 4, seed: int = 0,
+                 augment: bool = True, jitter: bool = True, extra: list | None = None,
+                 targets: Targets | None = None, workers: int | None = None):
+        workers = workers or min(4, os.cpu_count() or 1)
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=4 * max(workers, 1))
+        if not images:
+            raise DataError("training split is empty")
+        check_extra(images, extra)
+        self.images, self.masks, self.extra, self.targets = images, masks, extra, targets
+        self.crop, self.batch_size, self.seed, self.augment, self.jitter = crop, batch_size, seed, augment, jitter
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return steps_per_epoch(len(self.images), self.batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The sample order of ``epoch``."""
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        chosen = self.order(self.epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        samples = []
+        for slot, i in enumerate(chosen):
+            more = self.extra[i] if self.extra is not None else None
+            if self.augment:
+                rng = np.random.default_rng([self.seed, self.epoch, index * self.batch_size + slot])
+                samples.append(augment_sample(self.images[i], self.masks[i], self.crop, rng, self.jitter, more))
+            else:
+                samples.append(center_sample(self.images[i], self.masks[i], self.crop, more))
+        batch = tuple(np.stack(column) for column in zip(*samples))
+        return self.targets(*batch) if self.targets else batch
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+
+class EvalImages(keras.utils.PyDataset):
+    """Full-size validation images one at a time (sizes differ between datasets), mirrored up to a multiple of 4:
+    ``(image (1,H,W,3), one-hot (1,H,W,2))``, or ``(image, one-hot, extra)`` with per-image (H, W, C) float
+    ``extra`` arrays; passed through ``targets`` when given."""
+
+    def __init__(self, images: list, masks: list, extra: list | None = None, targets: Targets | None = None):
+        super().__init__(workers=1, use_multiprocessing=False)
+        check_extra(images, extra)
+        self.images, self.masks, self.extra, self.targets = images, masks, extra, targets
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"image {index} of {len(self)}")
+        image = self.images[index]
+        h, w = image.shape[:2]
+        ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
+        pads = ((0, ph), (0, pw))
+        image = np.pad(image.astype(np.float32), pads + ((0, 0),), mode="symmetric")
+        batch = (normalize(image)[None].astype(np.float32), one_hot(np.pad(self.masks[index], pads))[None])
+        if self.extra is not None:
+            more = np.pad(self.extra[index].astype(np.float32), pads + ((0, 0),), mode="symmetric")
+            batch += (more[None],)
+        return self.targets(*batch) if self.targets else batch
+
+
+def train_dataset(images: list, masks: list, crop: int = 256, batch_size: int = 4, seed: int = 0,
+                  augment: bool = True, jitter: bool = True, extra: list | None = None,
+                  targets: Targets | None = None) -> TrainBatches:
+    """Training batches for ``model.fit`` (see ``TrainBatches``)."""
+    return TrainBatches(images, masks, crop, batch_size, seed, augment, jitter, extra, targets)
+
+
+def eval_dataset(images: list, masks: list, extra: list | None = None, targets: Targets | None = None):
+    """Validation input for ``model.fit`` (see ``EvalImages``). Under TensorFlow it is wrapped in a tf.data set
+    whose height and width are unknown: Keras would otherwise fix them from the first two images."""
+    images_ds = EvalImages(images, masks, extra, targets)
+    if keras.backend.backend() != "tensorflow" or not len(images_ds):
+        return images_ds
+    import tensorflow as tf
+
+    def spec(x):
+        return tf.TensorSpec((1, None, None) + tuple(np.shape(x)[3:]), tf.as_dtype(np.asarray(x).dtype))
+
+    signature = keras.tree.map_structure(spec, images_ds[0])
+    ds = tf.data.Dataset.from_generator(lambda: (images_ds[i] for i in range(len(images_ds))),
+                                        output_signature=signature)
+    # A known length, so Keras ends each validation pass without a "ran out of data" warning.
+    return ds.apply(tf.data.experimental.assert_cardinality(len(images_ds))).prefetch(2)

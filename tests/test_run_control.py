@@ -1,0 +1,83 @@
+"""Run control of the shared training loop: time limit, weights-only best checkpoint, finished runs without
+last.keras."""
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+
+from crackseg.training import TimeLimit, fit, save_without_optimizer
+
+
+class _FakeModel:
+    stop_training = False
+
+
+@pytest.mark.parametrize("minutes, stops", [(0.0005, True), (0, False), (60, False)])
+def test_time_limit_stops_only_after_its_minutes(minutes, stops):
+    limit = TimeLimit(minutes)
+    limit.set_model(_FakeModel())
+    limit.on_train_begin()
+    time.sleep(0.05)  # 0.0005 min = 0.03 s
+    limit.on_epoch_end(0)
+    assert limit.model.stop_training is stops
+
+
+def _tiny_trained_model():
+    import keras
+
+    from model import HEADS, build_model
+
+    net = build_model("student", 32, width=4, blocks=1)
+    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss={h: "categorical_crossentropy" for h in HEADS})
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    y = np.zeros((2, 32, 32, 2), np.float32)
+    y[..., 0] = 1.0
+    net.train_on_batch(x, {h: y for h in HEADS})
+    return net, x
+
+
+def test_best_checkpoint_has_weights_but_no_optimizer(tmp_path):
+    from crackseg.train_steps import load_keras_model
+
+    net, x = _tiny_trained_model()
+    path = tmp_path / "best.keras"
+    save_without_optimizer(net, path)
+    with zipfile.ZipFile(path) as archive:
+        groups = list(h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r").keys())
+    assert "optimizer" not in groups and "layers" in groups
+    net.save(tmp_path / "last.keras")
+    with zipfile.ZipFile(tmp_path / "last.keras") as archive:
+        assert "optimizer" in h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+    loaded = load_keras_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0)["mix"], net.predict(x, verbose=0)["mix"], atol=1e-6)
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def _finished_run(run, epoch: int) -> None:
+    run.mkdir()
+    state = {"epoch": epoch, "best": 0.5, "monitor": "val_mix_f1", "history": [], "callbacks": [{}, {}]}
+    (run / "state.json").write_text(json.dumps(state))
+
+
+def test_a_finished_run_needs_no_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    _finished_run(run, 3)
+
+    def build():
+        raise AssertionError("a finished run must not build or load a model")
+
+    state = fit(build, None, None, run, {"preset": "student"}, epochs=3)
+    assert state["epoch"] == 3
+
+
+def test_resuming_without_last_checkpoint_is_one_clear_error(tmp_path):
+    run = tmp_path / "run"
+    _finished_run(run, 1)
+    with pytest.raises(SystemExit, match="last.keras: missing, cannot resume after epoch 1"):
+        fit(lambda: None, None, None, run, {"preset": "student"}, epochs=3)
