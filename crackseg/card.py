@@ -73,10 +73,7 @@ def read_card(model_path: str | Path, verify: bool = False) -> dict:
 def model_facts(model, input_size: int = 448) -> dict:
     """Parameters and GFLOPs (TensorFlow's profiler, batch 1, ``input_size`` square) of a Keras model; GFLOPs are
     None where TensorFlow is not installed (training on a JAX or PyTorch GPU machine): TensorRT.py fills them in."""
-    import importlib.util
+    from model.profile import can_count_flops, count_flops
 
-    from model.profile import count_flops
-
-    gflops = (round(count_flops(model, input_size) / 1e9, 3) if importlib.util.find_spec("tensorflow") is not None
-              else None)
+    gflops = round(count_flops(model, input_size) / 1e9, 3) if can_count_flops() else None
     return {"params": int(model.count_params()), "gflops": gflops, "flops_input_size": input_size}

@@ -44,10 +44,9 @@ def gpu_visible() -> bool:
 
 def print_profile(preset: str, size: int, overrides: dict) -> None:
     """Parameters, activations and (with TensorFlow's profiler installed) FLOPs of a preset at ``size``^2."""
-    import importlib.util
+    from model.profile import can_count_flops
 
-    with_flops = importlib.util.find_spec("tensorflow") is not None
-    print(format_profile(profile(build_model(preset, size, **overrides), size, flops=with_flops)))
+    print(format_profile(profile(build_model(preset, size, **overrides), size, flops=can_count_flops())))
 
 
 def _lists(value):

@@ -4,6 +4,13 @@ from __future__ import annotations
 import keras
 
 
+def can_count_flops() -> bool:
+    """Whether TensorFlow (whose profiler counts FLOPs) is installed: not on a JAX or PyTorch training machine."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is not None
+
+
 def count_flops(model: keras.Model, input_size: int = 448) -> int:
     """Floating-point operations of one forward pass on a ``input_size`` square image (batch 1).
 

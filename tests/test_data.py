@@ -1,4 +1,4 @@
-"""crackseg.data readers, splits, errors and tf.data pipelines; crackseg.preprocess; crackseg.io."""
+"""crackseg.data readers, splits, errors and the input pipeline (crackseg.inputs); crackseg.preprocess; crackseg.io."""
 from __future__ import annotations
 
 import shutil
@@ -214,7 +214,7 @@ def test_label_dilation_uses_a_k_by_k_square(tmp_path, k, expected):
     assert dilated[4 - r: 5 + r, 4 - r: 5 + r].all()
 
 
-# ---------------------------------------------------------------------------------------------- tf.data
+# ---------------------------------------------------------------------------------------------- input pipeline
 @pytest.fixture(scope="module")
 def arrays(synthetic_data):
     return load_arrays(find_samples(synthetic_data), workers=2)

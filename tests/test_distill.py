@@ -1,5 +1,5 @@
 """crackseg.distill: temperature softening, the soft-label store (round trip, manifest, resume, refusal), KD targets
-and losses per strategy, the soft-label-aware tf.data pipeline, and model cards."""
+and losses per strategy, the soft-label-aware input pipeline, and model cards."""
 from __future__ import annotations
 
 import json
