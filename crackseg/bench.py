@@ -339,7 +339,7 @@ def training_rows(model_spec: str, images: list[np.ndarray], masks: list[np.ndar
     def endless():  # what fit does: every batch of an epoch, then the next epoch's order
         while True:
             yield from (batches[i] for i in range(len(batches)))
-            batches.on_epoch_end()
+            batches.epoch += 1
 
     iterator = endless()
     x, y = next(iterator)

@@ -181,6 +181,11 @@ def fit(build: Callable[[], keras.Model], train_ds, val_ds, run_dir: str | Path,
     stop = keras.callbacks.EarlyStopping(monitor, mode="max", patience=stop_patience, verbose=1)
     logger = RunLogger(run, monitor, state, [plateau, stop], preview, preview_output)
     callbacks = [plateau, stop, TimeLimit(max_minutes)]
+    if hasattr(train_ds, "epoch"):
+        # crackseg.inputs.TrainBatches draws its shuffle and crops from the epoch number: tell it which epoch runs, so
+        # a resumed run goes on with the stream an uninterrupted one would have seen.
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_epoch_begin=lambda epoch, logs=None: setattr(train_ds, "epoch", epoch)))
     if importlib.util.find_spec("tensorflow") is not None:  # Keras writes TensorBoard logs with tf.summary
         callbacks.append(keras.callbacks.TensorBoard(str(run / "tensorboard"), write_graph=False))
     callbacks.append(logger)

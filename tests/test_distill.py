@@ -272,7 +272,7 @@ def test_train_dataset_transforms_soft_labels_with_image_and_mask():
         assert more.shape == (3, 24, 24, 2)
         assert np.allclose((x[..., 0] + 1) * 127.5, more[..., 0] * 255.0, atol=1e-3)
         assert np.array_equal(y[..., 1], more[..., 1])
-    ds.on_epoch_end()
+    ds.epoch += 1
     x, y, more = ds[0]
     assert np.allclose((x[..., 0] + 1) * 127.5, more[..., 0] * 255.0, atol=1e-3)
     x, y = train_dataset(images, masks, crop=24, batch_size=3, seed=1)[0]  # Train_1's form unchanged

@@ -81,3 +81,24 @@ def test_resuming_without_last_checkpoint_is_one_clear_error(tmp_path):
     _finished_run(run, 1)
     with pytest.raises(SystemExit, match="last.keras: missing, cannot resume after epoch 1"):
         fit(lambda: None, None, None, run, {"preset": "student"}, epochs=3)
+
+
+def test_resume_continues_the_augmentation_stream(tmp_path):
+    """A run resumed after epoch 1 draws epoch 2's shuffle and crops, not epoch 1's again."""
+    from model import HEADS
+
+    from crackseg.inputs import eval_dataset, train_dataset
+
+    net, _ = _tiny_trained_model()
+    run = tmp_path / "run"
+    _finished_run(run, 1)
+    net.save(run / "last.keras")
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(4)]
+    masks = [rng.uniform(size=(32, 32)) > 0.8 for _ in range(4)]
+    heads = lambda x, y: (x, {h: y for h in HEADS})  # noqa: E731
+    train = train_dataset(images, masks, crop=32, batch_size=2, targets=heads)
+    state = fit(lambda: None, train, eval_dataset(images[:1], masks[:1], targets=heads), run, {"preset": "student"},
+                epochs=2, monitor="val_loss", verbose=0)
+    assert state["epoch"] == 2
+    assert train.epoch == 1  # the second epoch (index 1) ran, not the first again
