@@ -188,7 +188,7 @@ def load_split(data: str, lists: str | None = None, val_fraction: float = 0.1, s
 
 # ---------------------------------------------------------------------------------------------- input pipeline
 # numpy/OpenCV, so one implementation serves every Keras backend (TensorFlow on CPU; JAX or PyTorch on a GPU
-# machine without TensorFlow). crackseg.inputs runs it in Keras' PyDataset worker threads.
+# machine without TensorFlow). crackseg.inputs wraps it in Keras PyDataset objects.
 def one_hot(mask: np.ndarray) -> np.ndarray:
     """Boolean/0-1 mask (..., H, W) -> two-channel float32 labels (..., H, W, 2): [background, crack]."""
     crack = np.asarray(mask, np.float32)[..., None]

@@ -238,3 +238,18 @@ def test_tensorrt_script_exports_checks_and_reports(tiny_model, synthetic_data, 
 def test_tensorrt_script_refuses_to_overwrite_shipped_onnx_with_a_preset():
     done = run_script("--model=student")
     assert done.returncode != 0 and "untrained preset" in done.stderr
+
+
+def test_card_written_without_tensorflow_gets_its_flops_at_export(tiny_model, tmp_path):
+    """Train_3 on a JAX GPU machine writes gflops: null; the export fills them in, leaving the model's hash valid."""
+    from crackseg.engines import load_deployable_keras
+
+    path = tmp_path / "student.keras"
+    shutil.copyfile(tiny_model["keras"], path)
+    net = load_deployable_keras(str(path))
+    write_card(path, {"params": int(net.count_params()), "gflops": None, "flops_input_size": 32, "threshold": 0.4})
+    assert ex.complete_card_facts(path, net) is True
+    card = read_card(path, verify=True)
+    assert card["gflops"] is not None and card["gflops"] > 0 and card["threshold"] == 0.4
+    assert ex.complete_card_facts(path, net) is False  # already complete: untouched
+    assert read_card(path) == card
