@@ -27,6 +27,7 @@ out = "runs/teacher"
 epochs = 100
 batch_size = 4
 crop = 256                        # random square crops (multiple of 4)
+init = ""                         # fine-tune from this .keras (same architecture; a deployed model works); "": random
 lr = 5e-5                         # the paper's RMSprop rate
 optimizer = "rmsprop"             # rmsprop | adam
 loss = "asymmetric"               # asymmetric (the paper's) | bce_dice

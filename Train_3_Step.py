@@ -42,6 +42,7 @@ deploy = "weights/student.keras"  # the deployable student; its model card goes 
 epochs = 100
 batch_size = 4
 crop = 256
+init = ""                         # fine-tune from this .keras (same architecture; a deployed model works); "": random
 lr = 5e-5
 optimizer = "rmsprop"             # rmsprop | adam
 loss = "asymmetric"               # asymmetric | bce_dice, for every output

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from .data import DataError, check_extra, augment_sample, center_sample, one_hot, steps_per_epoch
-from .preprocess import MULTIPLE, normalize
+from .preprocess import pad_to_multiple, prepare
 
 Targets = Callable[..., tuple]  # (image batch, one-hot batch[, extra batch]) -> what Keras' fit gets
 
@@ -64,7 +64,7 @@ class TrainBatches(keras.utils.PyDataset):
 
 
 class EvalImages(keras.utils.PyDataset):
-    """Full-size validation images one at a time (sizes differ between datasets), mirrored up to a multiple of 4:
+    """Full-size validation images one at a time (sizes differ between datasets), prepared as for inference:
     ``(image (1,H,W,3), one-hot (1,H,W,2))``, or ``(image, one-hot, extra)`` with per-image (H, W, C) float
     ``extra`` arrays; passed through ``targets`` when given."""
 
@@ -79,15 +79,11 @@ class EvalImages(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(f"image {index} of {len(self)}")
-        image = self.images[index]
-        h, w = image.shape[:2]
-        ph, pw = (-h) % MULTIPLE, (-w) % MULTIPLE
-        pads = ((0, ph), (0, pw))
-        image = np.pad(image.astype(np.float32), pads + ((0, 0),), mode="symmetric")
-        batch = (normalize(image)[None].astype(np.float32), one_hot(np.pad(self.masks[index], pads))[None])
+        image, (h, w) = prepare(self.images[index])  # what the deployed model sees, padding included
+        pads = ((0, image.shape[1] - h), (0, image.shape[2] - w))
+        batch = (image, one_hot(np.pad(self.masks[index], pads))[None])  # padding is background
         if self.extra is not None:
-            more = np.pad(self.extra[index].astype(np.float32), pads + ((0, 0),), mode="symmetric")
-            batch += (more[None],)
+            batch += (pad_to_multiple(self.extra[index].astype(np.float32)[None])[0],)
         return self.targets(*batch) if self.targets else batch
 
 

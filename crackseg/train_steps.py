@@ -62,6 +62,8 @@ def train_teacher(config: dict) -> dict:
 
     def build() -> keras.Model:
         model = build_model(config["preset"], input_size=None, **overrides)
+        if config["init"]:
+            warm_start(model, config["init"])
         loss = make_loss(config["loss"], config["crack_weight"])
         return compile_model(model, {h: loss for h in HEADS}, config["lr"], config["optimizer"],
                              metrics={"mix": crack_metrics(config["threshold"], config["distance"])})
@@ -105,7 +107,7 @@ def deploy_teacher(config: dict, arrays: dict) -> Path:
             "output": "dict of crack probabilities h, x, y, mix (N, H, W, 2)",
             "input": "RGB, scaled to [-1, 1], H and W padded to multiples of 4 (crackseg.preprocess.prepare)",
             **model_facts(best, config["profile_size"]), "preset": config["preset"],
-            "architecture": asdict(infer_preset(best)), "loss": config["loss"],
+            "architecture": asdict(infer_preset(best)), "loss": config["loss"], **recipe_facts(config),
             **data_facts(config, arrays["splits"]), **validation_facts(report),
             "run": str(run), "epochs": state["epoch"], "best_val_mix_f1": state["best"]}
     card = write_card(dest, info)
@@ -120,6 +122,12 @@ def data_facts(config: dict, splits: dict) -> dict:
             "splits": ({s: str(Path(lists, f"{s}.txt")) for s in ("train", "val")} if lists
                        else f"seeded split: val_fraction={config['val_fraction']}, seed={config['seed']}"),
             "images": {s: len(v) for s, v in splits.items()}}
+
+
+def recipe_facts(config: dict) -> dict:
+    """What a model card says about the optimisation, including the weights it started from (fine-tuning)."""
+    return {k: config[k] for k in ("optimizer", "lr", "batch_size", "crop", "dilate")} | {
+        "initial_weights": config["init"] or None}
 
 
 def validation_facts(report: dict) -> dict:
@@ -148,15 +156,26 @@ def load_keras_model(path: str | Path) -> keras.Model:
         raise SystemExit(f"error: {path}: cannot load Keras model ({type(exc).__name__}: {exc})") from None
 
 
+def warm_start(model: keras.Model, path: str) -> keras.Model:
+    """Copy the weights of a saved MCFF-L model of the same architecture (a run's best.keras, a deployed student
+    or teacher: the mix head holds all three paths) into ``model``, to fine-tune instead of starting at random."""
+    from model import copy_weights
+
+    source = load_keras_model(path)
+    try:
+        copied = copy_weights(source, model)
+    except ValueError as exc:
+        raise SystemExit(f"error: --init={path}: {exc}") from None
+    print(f"initial weights: {copied} layers from {path}")
+    return model
+
+
 def logits_model_of(trained: keras.Model) -> keras.Model:
     """The size-agnostic logits network of a trained MCFF-L model (any heads), weights copied by layer name."""
-    from model import build_logits_model, infer_preset
+    from model import build_logits_model, copy_weights, infer_preset
 
     fresh = build_logits_model(infer_preset(trained), input_size=None)
-    source = {layer.name: layer for layer in trained.layers}
-    for layer in fresh.layers:
-        if layer.weights:
-            layer.set_weights(source[layer.name].get_weights())
+    copy_weights(trained, fresh)
     return fresh
 
 
@@ -207,16 +226,11 @@ def predict_crack(deployed: keras.Model, image: np.ndarray) -> np.ndarray:
 
 def choose_threshold(deployed: keras.Model, images: list, masks: list, distance: int = 2) -> dict:
     """Validation report of ``deployed`` at the threshold with the best dataset F1 (ODS)."""
-    from .metrics import MetricAccumulator
+    from .metrics import evaluate_arrays
 
     probs = [predict_crack(deployed, image) for image in images]
-    sweep = MetricAccumulator(0.5, distance)
-    for prob, mask in zip(probs, masks):
-        sweep.update(prob, mask)
-    at_best = MetricAccumulator(sweep.result()["ods_threshold"], distance)
-    for prob, mask in zip(probs, masks):
-        at_best.update(prob, mask)
-    return at_best.result()
+    ods = evaluate_arrays(probs, masks, 0.5, distance)["ods_threshold"]  # the sweep does not depend on 0.5
+    return evaluate_arrays(probs, masks, ods, distance)
 
 
 def train_student(config: dict) -> dict:
@@ -256,6 +270,8 @@ def train_student(config: dict) -> dict:
     def build() -> keras.Model:
         student = with_heads(build_logits_model(config["preset"], input_size=None, **overrides),
                              student_heads(t1, t2))
+        if config["init"]:
+            warm_start(student, config["init"])
         losses, weights = kd_losses(config["loss"], config["crack_weight"], config["alpha"], t1,
                                     config["t1_squared"])
         return compile_model(student, losses, config["lr"], config["optimizer"], loss_weights=weights,
@@ -289,7 +305,7 @@ def train_student(config: dict) -> dict:
         **model_facts(deployed, config["profile_size"]),
         "preset": config["preset"], "architecture": asdict(infer_preset(best)),
         "strategy": kd["strategy"], "t0": t0, "t1": t1, "t2": t2, "alpha": config["alpha"],
-        "soft_loss_scale": t1 ** 2 if config["t1_squared"] else 1.0, "loss": config["loss"],
+        "soft_loss_scale": t1 ** 2 if config["t1_squared"] else 1.0, "loss": config["loss"], **recipe_facts(config),
         "teacher": teacher, **data_facts(config, splits), **validation_facts(report),
         "run": str(run), "epochs": state["epoch"], "best_val_real_f1": state["best"],
     }

@@ -7,10 +7,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info line
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from .layers import AttentionGate, CrackProbability, InstanceNorm, TemperatureSoftmax
-from .network import (HEADS, NUM_CLASSES, PRESETS, Preset, build_logits_model, build_model, deploy_model,
-                      infer_preset, resolve_preset, with_heads)
+from .network import (HEADS, NUM_CLASSES, PRESETS, Preset, build_logits_model, build_model, copy_weights,
+                      deploy_model, infer_preset, resolve_preset, with_heads)
 from .profile import count_flops, profile
 
 __all__ = ["AttentionGate", "CrackProbability", "InstanceNorm", "TemperatureSoftmax", "HEADS", "NUM_CLASSES",
-           "PRESETS", "Preset", "build_logits_model", "build_model", "deploy_model", "infer_preset",
+           "PRESETS", "Preset", "build_logits_model", "build_model", "copy_weights", "deploy_model", "infer_preset",
            "resolve_preset", "with_heads", "count_flops", "profile"]

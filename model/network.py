@@ -183,6 +183,29 @@ def infer_preset(model: keras.Model) -> Preset:
     return Preset(width=width, blocks=blocks, block=block, dropout=dropout)
 
 
+def copy_weights(source: keras.Model, target: keras.Model) -> int:
+    """Copy weights layer by layer, matched by name, from ``source`` into every ``target`` layer that has weights.
+
+    Works between any two MCFF-L models of one architecture (training heads, logits-only, deployed mix head: the
+    mix head needs all three paths). Returns the number of layers copied; ValueError names a mismatch.
+    """
+    layers_by_name = {layer.name: layer for layer in source.layers}
+    copied = 0
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        if layer.name not in layers_by_name:
+            raise ValueError(f"layer {layer.name!r} is missing from model {source.name!r}")
+        theirs = layers_by_name[layer.name].get_weights()
+        ours = layer.get_weights()
+        if [w.shape for w in theirs] != [w.shape for w in ours]:
+            raise ValueError(f"layer {layer.name!r}: weight shapes {[w.shape for w in theirs]} in model "
+                             f"{source.name!r} do not fit {[w.shape for w in ours]}")
+        layer.set_weights(theirs)
+        copied += 1
+    return copied
+
+
 def deploy_model(model: keras.Model, head: str = "mix", temperature: float = 1.0) -> keras.Model:
     """The deployable network: one output ``crack`` = crack probability of ``head`` at ``temperature``, (N,H,W,1).
 
@@ -192,10 +215,7 @@ def deploy_model(model: keras.Model, head: str = "mix", temperature: float = 1.0
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     fresh = build_logits_model(infer_preset(model), input_size=None)
-    source = {layer.name: layer for layer in model.layers}
-    for layer in fresh.layers:
-        if layer.weights:
-            layer.set_weights(source[layer.name].get_weights())
+    copy_weights(model, fresh)
     logits = fresh.get_layer(f"{head}_logits").output
     crack = CrackProbability(temperature, name="crack")(logits)
     deployed = keras.Model(fresh.input, crack, name="mcff_deploy")

@@ -25,6 +25,13 @@ TF_STARTUP_LOG = re.compile(r"WARNING: All log messages before absl::InitializeL
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data not found at {SHARED}")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Keras' TensorFlow backend converts tensors with np.array(); TF 2.21's EagerTensor.__array__ predates numpy 2's
+    # copy keyword, so numpy warns on every conversion. Not ours to fix, and it buries the warnings that are.
+    config.addinivalue_line("filterwarnings",
+                            "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
+
 # ---------------------------------------------------------------------------------------------- data
 SYNTHETIC_COUNT = 12
 SYNTHETIC_SIZE = (96, 128)  # H, W

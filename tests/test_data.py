@@ -12,6 +12,7 @@ from conftest import REPO, SYNTHETIC_COUNT, SYNTHETIC_SIZE, needs_shared
 from crackseg.data import (DataError, Sample, augment_sample, find_samples, load_arrays, load_pair, load_split,
                            read_image, read_mask, split_samples, steps_per_epoch)
 from crackseg.inputs import eval_dataset, train_dataset
+from crackseg.preprocess import crop_back, prepare
 
 
 def _png(path: Path, array: np.ndarray) -> Path:
@@ -315,6 +316,7 @@ def test_eval_dataset_shapes(arrays):
     np.testing.assert_allclose(x1[0], images[1] / 127.5 - 1.0, atol=1e-5)
     np.testing.assert_array_equal(y2[0, :50, :70, 1] > 0.5, odd_mask)
     assert not y2[0, 50:, :, 1].any() and not y2[0, :, 70:, 1].any()
+    np.testing.assert_array_equal(x2, prepare(odd_image)[0])  # the padding the deployed models see
     for x, y in items:
         assert x.min() >= -1 and x.max() <= 1
         np.testing.assert_array_equal(y.sum(-1), 1.0)
@@ -323,8 +325,6 @@ def test_eval_dataset_shapes(arrays):
 # ---------------------------------------------------------------------------------------------- preprocess
 @pytest.mark.parametrize("h, w", [(50, 70), (13, 7), (64, 96)])
 def test_prepare_and_crop_back_round_trip(h, w):
-    from crackseg.preprocess import crop_back, prepare
-
     image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     x, size = prepare(image)
     assert size == (h, w)
@@ -340,8 +340,6 @@ def test_prepare_and_crop_back_round_trip(h, w):
 
 
 def test_prepare_rejects_non_rgb():
-    from crackseg.preprocess import prepare
-
     with pytest.raises(ValueError):
         prepare(np.zeros((8, 8), np.uint8))
 

@@ -5,8 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from model import (HEADS, InstanceNorm, build_logits_model, build_model, count_flops, deploy_model, infer_preset,
-                   profile)
+from model import (HEADS, InstanceNorm, build_logits_model, build_model, copy_weights, count_flops, deploy_model,
+                   infer_preset, profile)
 
 TINY = dict(width=4, blocks=1)
 
@@ -129,6 +129,25 @@ def test_deploy_model_of_another_head_and_temperature(tiny):
     np.testing.assert_allclose(crack[..., 0], keras.ops.convert_to_numpy(soft(x)["x"])[..., 1], atol=1e-5)
     with pytest.raises(ValueError):
         deploy_model(tiny, head="z")
+
+
+def test_copy_weights_from_a_deployed_model_restores_every_head(tiny):
+    """Fine-tuning starts from a deployed (mix-only) model: it holds all three paths, so every head comes back."""
+    fresh = build_model("student", None, **TINY)
+    copied = copy_weights(deploy_model(tiny), fresh)
+    assert copied == sum(1 for layer in fresh.layers if layer.weights)
+    x = _images(1, 32, 48, seed=4)
+    ours, theirs = fresh(x), tiny(x)
+    for head in HEADS:
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(ours[head]), keras.ops.convert_to_numpy(theirs[head]),
+                                   atol=1e-6)
+
+
+def test_copy_weights_names_the_layer_that_does_not_fit(tiny):
+    with pytest.raises(ValueError, match="weight shapes .* do not fit"):
+        copy_weights(tiny, build_model("student", None, width=8, blocks=1))
+    with pytest.raises(ValueError, match="h_res2_conv1.*missing"):
+        copy_weights(tiny, build_model("student", None, width=4, blocks=2))
 
 
 # ---------------------------------------------------------------------------------------------- layers

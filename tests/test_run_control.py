@@ -102,3 +102,35 @@ def test_resume_continues_the_augmentation_stream(tmp_path):
                 epochs=2, monitor="val_loss", verbose=0)
     assert state["epoch"] == 2
     assert train.epoch == 1  # the second epoch (index 1) ran, not the first again
+
+
+def test_choose_threshold_reports_at_the_ods_threshold_of_the_sweep():
+    """The card's threshold is the dataset-best (ODS) one, and the report is measured at it."""
+    import keras
+
+    from crackseg.metrics import evaluate_arrays
+    from crackseg.train_steps import choose_threshold, predict_crack
+    from model import build_model, deploy_model
+
+    keras.utils.set_random_seed(1)
+    deployed = deploy_model(build_model("student", None, width=4, blocks=1))
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (24, 40, 3), dtype=np.uint8) for _ in range(3)]
+    masks = [rng.random((24, 40)) < 0.3 for _ in range(3)]
+    report = choose_threshold(deployed, images, masks, distance=1)
+    assert report["threshold"] == report["ods_threshold"]
+    assert report["strict"]["f1"] == pytest.approx(report["ods_f1"])
+    probs = [predict_crack(deployed, image) for image in images]
+    # no fixed threshold does better than the chosen one
+    for threshold in (0.1, 0.3, 0.5, 0.7, 0.9):
+        assert evaluate_arrays(probs, masks, threshold, 1)["strict"]["f1"] <= report["strict"]["f1"] + 1e-9
+
+
+def test_init_from_a_model_of_another_architecture_is_one_line(tiny_model):
+    from crackseg.train_steps import warm_start
+    from model import build_model
+
+    with pytest.raises(SystemExit, match=r"^error: --init=.*tiny\.keras: layer .* do not fit"):
+        warm_start(build_model("student", None, width=8, blocks=1), str(tiny_model["keras"]))
+    with pytest.raises(SystemExit, match=r"^error: .*nothing\.keras: model file not found"):
+        warm_start(build_model("student", None, width=4, blocks=1), str(tiny_model["keras"].parent / "nothing.keras"))
