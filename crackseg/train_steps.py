@@ -7,7 +7,7 @@ from pathlib import Path
 
 import keras
 
-from model import HEADS, build_model, profile
+from model import HEADS, build_model, logits_model_of, profile
 from model.profile import format_profile
 
 from .data import load_training_data
@@ -168,15 +168,6 @@ def warm_start(model: keras.Model, path: str) -> keras.Model:
         raise SystemExit(f"error: --init={path}: {exc}") from None
     print(f"initial weights: {copied} layers from {path}")
     return model
-
-
-def logits_model_of(trained: keras.Model) -> keras.Model:
-    """The size-agnostic logits network of a trained MCFF-L model (any heads), weights copied by layer name."""
-    from model import build_logits_model, copy_weights, infer_preset
-
-    fresh = build_logits_model(infer_preset(trained), input_size=None)
-    copy_weights(trained, fresh)
-    return fresh
 
 
 def make_soft_labels(config: dict) -> list[dict]:

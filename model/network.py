@@ -206,6 +206,13 @@ def copy_weights(source: keras.Model, target: keras.Model) -> int:
     return copied
 
 
+def logits_model_of(model: keras.Model) -> keras.Model:
+    """The size-agnostic logits network of any MCFF-L model (any heads, saved or built), weights copied by name."""
+    fresh = build_logits_model(infer_preset(model), input_size=None)
+    copy_weights(model, fresh)
+    return fresh
+
+
 def deploy_model(model: keras.Model, head: str = "mix", temperature: float = 1.0) -> keras.Model:
     """The deployable network: one output ``crack`` = crack probability of ``head`` at ``temperature``, (N,H,W,1).
 
@@ -214,8 +221,7 @@ def deploy_model(model: keras.Model, head: str = "mix", temperature: float = 1.0
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    fresh = build_logits_model(infer_preset(model), input_size=None)
-    copy_weights(model, fresh)
+    fresh = logits_model_of(model)
     logits = fresh.get_layer(f"{head}_logits").output
     crack = CrackProbability(temperature, name="crack")(logits)
     deployed = keras.Model(fresh.input, crack, name="mcff_deploy")
