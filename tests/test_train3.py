@@ -113,3 +113,16 @@ def test_no_teacher_baseline_trains_the_same_student(kd_run, monkeypatch, capsys
     card = json.loads(deploy.with_suffix(".json").read_text())
     assert card["strategy"] == "none" and card["teacher"] is None
     assert card["params"] == json.loads(kd_run["deploy"].with_suffix(".json").read_text())["params"]
+
+
+def test_student_fine_tunes_from_the_deployed_student(kd_run, monkeypatch, capsys):
+    """--init starts a new run from a deployed student's weights, and the card says where it started."""
+    deploy = kd_run["root"] / "weights" / "student_finetuned.keras"
+    out = run_in_process(monkeypatch, capsys, "Train_3_Step.py", *kd_run["data"], f"--labels={kd_run['labels']}",
+                         *TINY, *FAST, f"--init={kd_run['deploy']}", "--lr=1e-4",
+                         f"--out={kd_run['root'] / 'student_finetuned'}", f"--deploy={deploy}")
+    layers_with_weights = out.split("initial weights: ")[1].split(" layers from ")
+    assert int(layers_with_weights[0]) > 0 and layers_with_weights[1].startswith(str(kd_run["deploy"]))
+    card = json.loads(deploy.with_suffix(".json").read_text())
+    assert card["initial_weights"] == str(kd_run["deploy"]) and card["lr"] == 1e-4
+    assert json.loads(kd_run["deploy"].with_suffix(".json").read_text())["initial_weights"] is None
