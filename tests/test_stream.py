@@ -93,15 +93,27 @@ def test_receiver_survives_1000_malformed_messages_then_gets_a_valid_one():
     context = zmq.Context.instance()
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 1000)
+    push.setsockopt(zmq.SNDHWM, 10)  # small queues, so the draining below runs on every machine, not just some
+    push.setsockopt(zmq.SNDBUF, 1 << 16)
     push.connect(receiver.address)
     rng = np.random.default_rng(1)
     bad = malformed_messages(1200, rng)
+
+    def send(frames: list[bytes]) -> None:
+        # 1300 messages overflow both high-water marks and the TCP buffers, so a blocking send would wait forever
+        # for this same thread to receive (it hung CI once): drain the receiver instead.
+        while True:
+            try:
+                return push.send_multipart(frames, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                assert receiver.receive(timeout=0.05) is None  # only malformed messages are in flight yet
+
     try:
         for _, frames in bad:
-            push.send_multipart(frames)
+            send(frames)
         for _ in range(100):  # random bytes too: any frame count, any content
-            push.send_multipart([rng.bytes(int(rng.integers(0, 300))) for _ in range(int(rng.integers(1, 4)))])
-        push.send_multipart(valid_message(frame=42))
+            send([rng.bytes(int(rng.integers(0, 300))) for _ in range(int(rng.integers(1, 4)))])
+        send(valid_message(frame=42))
         deadline = time.monotonic() + 30
         got = None
         while got is None and time.monotonic() < deadline:
