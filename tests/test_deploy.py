@@ -208,6 +208,7 @@ def test_pc_counts_1000_malformed_messages_and_still_takes_a_valid_one(procs, tm
     receiver = pc(procs, port, f"--save={tmp_path / 'in'}", "--max_frames=1")
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 2000)
+    push.setsockopt(zmq.SNDTIMEO, 60_000)  # PC.py receives meanwhile; if it died, fail (zmq.Again) rather than hang
     push.connect(f"tcp://127.0.0.1:{port}")
     try:
         for _, frames in malformed_messages(1000, np.random.default_rng(5)):
