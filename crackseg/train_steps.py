@@ -55,7 +55,7 @@ def _lists(value):
 
 def train_teacher(config: dict) -> dict:
     """Train_1: a preset with the loss on all four heads, best checkpoint by validation mix-head F1."""
-    config = {**config, "preset": resolve_preset_name(config["preset"])}
+    config = with_initial_weights({**config, "preset": resolve_preset_name(config["preset"])})
     arrays = load_training_data(config["data"], _lists(config["lists"]), config["val_fraction"], config["seed"],
                                 config["dilate"])
     overrides = {k: config[k] for k in ("width", "blocks", "block")}
@@ -126,8 +126,24 @@ def data_facts(config: dict, splits: dict) -> dict:
 
 def recipe_facts(config: dict) -> dict:
     """What a model card says about the optimisation, including the weights it started from (fine-tuning)."""
-    return {k: config[k] for k in ("optimizer", "lr", "batch_size", "crop", "dilate")} | {
-        "initial_weights": config["init"] or None}
+    start = None
+    if config["init"]:
+        start = {"path": config["init"], "sha256": config.get("init_sha256")}
+    return {k: config[k] for k in ("optimizer", "lr", "batch_size", "crop", "dilate")} | {"initial_weights": start}
+
+
+def with_initial_weights(config: dict) -> dict:
+    """``config`` with ``init`` / ``init_sha256`` as at the run's first launch. The hash is taken when the run
+    starts, because ``--deploy`` may later overwrite that same file; a resumed run keeps what its config.json says
+    (its weights come from last.keras, not from today's ``--init``)."""
+    from .io import sha256
+
+    run = Path(config["out"])
+    if (run / "state.json").is_file() and (run / "config.json").is_file():
+        saved = json.loads((run / "config.json").read_text())
+        return {**config, "init": saved.get("init", ""), "init_sha256": saved.get("init_sha256")}
+    init = Path(config["init"]) if config["init"] else None
+    return {**config, "init_sha256": sha256(init) if init and init.is_file() else None}
 
 
 def validation_facts(report: dict) -> dict:
@@ -239,7 +255,8 @@ def train_student(config: dict) -> dict:
     except ValueError as exc:
         raise SystemExit(f"error: --strategy/--t0/--t1/--t2: {exc}") from None
     t0, t1, t2 = kd["t0"], kd["t1"], kd["t2"]
-    config = {**config, "t0": t0, "t1": t1, "t2": t2}  # resolved, so resume checks compare real temperatures
+    # resolved, so resume checks compare real temperatures
+    config = with_initial_weights({**config, "t0": t0, "t1": t1, "t2": t2})
     arrays = load_training_data(config["data"], _lists(config["lists"]), config["val_fraction"], config["seed"],
                                 config["dilate"])
     splits = arrays["splits"]

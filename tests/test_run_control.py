@@ -134,3 +134,25 @@ def test_init_from_a_model_of_another_architecture_is_one_line(tiny_model):
         warm_start(build_model("student", None, width=8, blocks=1), str(tiny_model["keras"]))
     with pytest.raises(SystemExit, match=r"^error: .*nothing\.keras: model file not found"):
         warm_start(build_model("student", None, width=4, blocks=1), str(tiny_model["keras"].parent / "nothing.keras"))
+
+
+def test_initial_weights_hash_is_taken_when_the_run_starts_and_kept_on_resume(tmp_path):
+    """A card names the exact bytes a fine-tune started from, even if --deploy later overwrote that file."""
+    from crackseg.io import atomic_write_json, sha256
+    from crackseg.train_steps import recipe_facts, with_initial_weights
+
+    start = tmp_path / "student.keras"
+    start.write_bytes(b"weights of the first launch")
+    run = tmp_path / "run"
+    config = {"out": str(run), "init": str(start), "optimizer": "adam", "lr": 1e-4, "batch_size": 4, "crop": 256,
+              "dilate": 0}
+    first = with_initial_weights(config)
+    assert recipe_facts(first)["initial_weights"] == {"path": str(start), "sha256": sha256(start)}
+    run.mkdir()
+    atomic_write_json(run / "config.json", first)
+    atomic_write_json(run / "state.json", {"epoch": 1})
+    start.write_bytes(b"a deploy step overwrote it")
+    resumed = with_initial_weights({**config, "init": ""})  # a resume keeps the run's own start, whatever --init says
+    assert recipe_facts(resumed)["initial_weights"] == recipe_facts(first)["initial_weights"]
+    assert recipe_facts(with_initial_weights({**config, "out": str(tmp_path / "new"), "init": ""})
+                        )["initial_weights"] is None

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from crackseg.io import sha256
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ("--width=4", "--blocks=1")
 FAST = ("--epochs=1", "--crop=64", "--batch_size=4", "--profile_size=64")
@@ -124,5 +126,6 @@ def test_student_fine_tunes_from_the_deployed_student(kd_run, monkeypatch, capsy
     layers_with_weights = out.split("initial weights: ")[1].split(" layers from ")
     assert int(layers_with_weights[0]) > 0 and layers_with_weights[1].startswith(str(kd_run["deploy"]))
     card = json.loads(deploy.with_suffix(".json").read_text())
-    assert card["initial_weights"] == str(kd_run["deploy"]) and card["lr"] == 1e-4
+    assert card["initial_weights"] == {"path": str(kd_run["deploy"]), "sha256": sha256(kd_run["deploy"])}
+    assert card["lr"] == 1e-4
     assert json.loads(kd_run["deploy"].with_suffix(".json").read_text())["initial_weights"] is None
