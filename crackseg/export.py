@@ -329,7 +329,8 @@ def conform_output(proto: onnx.ModelProto, probe: np.ndarray) -> None:
 
 def run_onnx(proto: onnx.ModelProto, batch: np.ndarray, runtime: str) -> np.ndarray:
     """The first output of an ONNX model on ``batch`` in ``runtime`` ("onnxruntime" or "openvino", CPU; OpenVINO
-    compiled for the batch's static shape, as ``OpenVinoEngine`` does); failures raise a one-line RuntimeError."""
+    compiled for the batch's static shape and in fp32, as ``OpenVinoEngine`` does: OpenVINO's own default on CPUs
+    with avx512_bf16 or AMX is bf16, which a parity check must not measure); failures raise a one-line RuntimeError."""
     try:
         if runtime == "onnxruntime":
             import onnxruntime as ort
@@ -341,7 +342,7 @@ def run_onnx(proto: onnx.ModelProto, batch: np.ndarray, runtime: str) -> np.ndar
         core = ov.Core()
         model = core.read_model(proto.SerializeToString(), b"")
         model.reshape(list(batch.shape))
-        request = core.compile_model(model, "CPU").create_infer_request()
+        request = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
         request.infer({0: batch})
         return np.array(request.get_output_tensor(0).data, copy=True)
     except Exception as exc:  # each runtime raises its own types
