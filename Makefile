@@ -16,9 +16,9 @@ $(BIN)/.installed: requirements.txt
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
-# A hung test (a socket waiting forever) fails on its own after 10 minutes instead of eating CI's whole limit.
+# A hung test (a socket waiting forever) fails on its own after 5 minutes instead of eating CI's whole limit.
 test: venv
-	$(PY) -m pytest -q --timeout=600 tests
+	$(PY) -m pytest -q --timeout=300 tests
 
 demo: venv
 	$(PY) scripts/demo.py
