@@ -271,6 +271,12 @@ def fast_onnx_for(onnx_path: str | Path) -> Path:
     return onnx_path.with_name(f"{onnx_path.stem}{FAST_ONNX_SUFFIX}{onnx_path.suffix}")
 
 
+def openvino_cpu_config(precision: str = "f32") -> dict[str, str]:
+    """OpenVINO CPU compile settings naming the inference precision explicitly: OpenVINO's own default on CPUs with
+    avx512_bf16 or AMX is bf16, which changes the masks and fails fp32 parity checks."""
+    return {"INFERENCE_PRECISION_HINT": precision}
+
+
 class OpenVinoEngine(Engine):
     """OpenVINO on the CPU: the default on machines without an NVIDIA GPU (chosen by benchmark.py; README, Inference speed).
 
@@ -311,7 +317,7 @@ class OpenVinoEngine(Engine):
         self.core = ov.Core()
         capabilities = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         self.precision = "bf16" if precision == "bf16" and "BF16" in capabilities else "f32"
-        self.config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": self.precision}
+        self.config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, **openvino_cpu_config(self.precision)}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
         try:

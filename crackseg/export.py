@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 import cv2
 import numpy as np
 
-from .engines import EngineError, model_card_path, read_model_card
+from .engines import EngineError, model_card_path, openvino_cpu_config, read_model_card
 from .io import atomic_write_bytes, atomic_write_json, sha256
 from .preprocess import MULTIPLE, prepare
 
@@ -342,7 +342,7 @@ def run_onnx(proto: onnx.ModelProto, batch: np.ndarray, runtime: str) -> np.ndar
         core = ov.Core()
         model = core.read_model(proto.SerializeToString(), b"")
         model.reshape(list(batch.shape))
-        request = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
+        request = core.compile_model(model, "CPU", openvino_cpu_config("f32")).create_infer_request()
         request.infer({0: batch})
         return np.array(request.get_output_tensor(0).data, copy=True)
     except Exception as exc:  # each runtime raises its own types
