@@ -480,14 +480,18 @@ def complete_card_facts(model_path: str | Path, net) -> bool:
 
 
 def write_export_card(source: str | Path | None, out_path: str | Path, fmt: str, info: dict) -> Path:
-    """Model card beside ``out_path``: the destination's card if it has one (shared by ``student.keras`` and
-    ``student.onnx``), else a copy of the source's, with ``exports[fmt] = info`` added."""
+    """Model card beside ``out_path`` with ``exports[fmt] = info`` added: the destination's card when it describes
+    the source's model (``student.keras`` and ``student.onnx`` share one), else a copy of the source's card.
+
+    A card left beside ``out_path`` by an earlier model (another top-level sha256) is replaced, not extended: after
+    retraining, a re-export must not keep the old model's threshold and validation metrics (student_fast.json)."""
     dest = model_card_path(out_path)
-    card = read_model_card(out_path) if dest.is_file() else (read_model_card(source) if source else {})
-    if source and "threshold" not in card:
-        source_card = read_model_card(source)
-        if "threshold" in source_card:
-            card["threshold"] = source_card["threshold"]
+    card = read_model_card(out_path) if dest.is_file() else {}
+    source_card = read_model_card(source) if source else {}
+    if source_card and card.get("sha256") != source_card.get("sha256"):
+        card = source_card
+    if "threshold" not in card and "threshold" in source_card:
+        card["threshold"] = source_card["threshold"]
     card.setdefault("exports", {})[fmt] = {"file": Path(out_path).name, "sha256": sha256(out_path), **info}
     atomic_write_json(dest, card)
     return dest

@@ -169,6 +169,23 @@ def test_export_card_keeps_threshold_and_records_the_export(tiny_model, tmp_path
     assert read_model_card(out)["threshold"] == TINY_THRESHOLD
 
 
+def test_export_card_of_a_retrained_model_replaces_the_stale_one(tiny_model, tmp_path):
+    keras_file, fast_file = tmp_path / "net.keras", tmp_path / "net_fast.onnx"
+    shutil.copyfile(tiny_model["keras"], keras_file)
+    shutil.copyfile(tiny_model["onnx"], fast_file)
+    write_card(keras_file, {"threshold": 0.3, "validation": {"f1": 0.5}})
+    ex.write_export_card(keras_file, fast_file, "onnx_fast", {"opset": 17})
+    ex.write_export_card(keras_file, fast_file, "onnx_fast", {"opset": 18})  # same model: the card is extended
+    assert json.loads((tmp_path / "net_fast.json").read_text())["exports"]["onnx_fast"]["opset"] == 18
+
+    keras_file.write_bytes(keras_file.read_bytes() + b"retrained")  # another model, with its own card
+    write_card(keras_file, {"threshold": 0.6, "validation": {"f1": 0.7}})
+    ex.write_export_card(keras_file, fast_file, "onnx_fast", {"opset": 17})
+    card = read_card(fast_file, verify=True)
+    assert card["threshold"] == 0.6 and card["validation"] == {"f1": 0.7}
+    assert card["sha256"] == json.loads((tmp_path / "net.json").read_text())["sha256"]
+
+
 def test_card_verifies_the_hash_recorded_for_each_file(tiny_model, tmp_path):
     keras_file, onnx_file, fast_file = tmp_path / "net.keras", tmp_path / "net.onnx", tmp_path / "net_fast.onnx"
     engine_file = tmp_path / "net_fp16.engine"
