@@ -31,6 +31,7 @@ json = None           # write the report here as JSON
 threshold = None      # None: the model card's (--model) or 0.5
 distance = 2          # tolerance of the tolerant metrics (Chebyshev pixels)
 backend = "auto"      # --model only: auto (CPU: openvino) | keras | onnx | openvino | tensorrt
+precision = "f32"     # --model only: f32 | bf16 (OpenVINO, honoured where the CPU reports BF16)
 subset = None         # a split list file: evaluate only the images it names
 
 config = configure(globals(), __doc__)
@@ -59,7 +60,7 @@ def main(config: dict) -> dict:
                                  "prediction" if config["pred"] else "image", config["subset"])
         if config["model"]:
             report = evaluate_model(config["model"], pairs, config["threshold"], config["distance"],
-                                    config["backend"])
+                                    config["backend"], config["precision"])
         else:
             report = evaluate_predictions(pairs, config["threshold"], config["distance"])
     except (DataError, EngineError) as exc:  # bad input: one line naming the file, not a traceback

@@ -234,13 +234,14 @@ def evaluate_engine(engine: Engine, labelled: Iterable[LabelledImage], distance:
 
 
 def evaluate_model(model: str | Path, pairs: list[Pair], threshold: float | None = None, distance: int = 2,
-                   backend: str = "auto") -> dict:
-    """``evaluate_engine`` of a model file on image pairs, plus the model's name and backend; threshold default:
-    the model card's."""
-    with open_engine(str(model), backend, threshold) as engine:
+                   backend: str = "auto", precision: str = "f32") -> dict:
+    """``evaluate_engine`` of a model file on image pairs, plus the model's name, backend and the precision it ran
+    at; threshold default: the model card's."""
+    with open_engine(str(model), backend, threshold, precision) as engine:
         report = evaluate_engine(engine, read_labelled(pairs, f"evaluate {engine.name}"), distance,
                                  by_dataset=spans_datasets(pairs))
-        return {**report, "model": str(model), "backend": engine.backend}
+        return {**report, "model": str(model), "backend": engine.backend,
+                "precision": getattr(engine, "precision", "f32")}
 
 
 def format_reports(report: dict) -> str:

@@ -186,6 +186,23 @@ def test_an_output_that_is_not_nhw1_is_refused_naming_the_file(tmp_path, backend
     assert "\n" not in str(caught.value)
 
 
+def test_bf16_runs_on_openvino_where_the_cpu_has_it_and_is_refused_elsewhere(tiny_model):
+    import openvino as ov
+
+    image = images([(40, 56)])[0]
+    reference = open_engine(str(tiny_model["onnx"]), backend="openvino")
+    engine = open_engine(str(tiny_model["onnx"]), precision="bf16")  # auto: OpenVINO on a CPU machine
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert engine.backend == "openvino" and engine.precision == ("bf16" if has_bf16 else "f32")
+    assert engine.describe().endswith(f", {engine.precision})") and reference.precision == "f32"
+    # bf16 keeps 8 mantissa bits: probabilities within a few hundredths of f32
+    np.testing.assert_allclose(engine.predict(image), reference.predict(image), atol=0.05)
+    with pytest.raises(EngineError, match="precision bf16 needs the openvino backend, not onnx"):
+        open_engine(str(tiny_model["onnx"]), backend="onnx", precision="bf16")
+    with pytest.raises(EngineError, match=r"unknown precision 'fp16'; choose one of \('f32', 'bf16'\)"):
+        open_engine(str(tiny_model["onnx"]), precision="fp16")
+
+
 def test_engines_module_does_not_import_tensorflow():
     code = ("import sys; import crackseg.engines, crackseg.export, crackseg.measure, crackseg.stream, crackseg.viz; "
             "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'onnxruntime', 'tensorrt') if m in sys.modules]; "
