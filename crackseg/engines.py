@@ -555,5 +555,5 @@ def open_engine(path_or_preset: str, backend: str = "auto", threshold: float | N
         return _BACKENDS[backend](path_or_preset, threshold=threshold)
     if backend != OpenVinoEngine.backend:
         raise EngineError(f"precision {precision} needs the openvino backend, not {backend}")
-    return OpenVinoEngine(path_or_preset, threshold=threshold, precision=precision)
+    return _BACKENDS[backend](path_or_preset, threshold=threshold, precision=precision)
 
