@@ -76,6 +76,7 @@ class Engine:
 
     backend = "none"
     max_batch: int | None = None  # None: any batch size
+    precision = "f32"  # the arithmetic inference runs in (OpenVINO may run bf16, a TensorRT engine what it was built as)
 
     def _identify(self, path_or_preset: str, threshold: float | None) -> None:
         """Name, model card and threshold of a model file (card beside it) or an untrained preset (no card)."""
@@ -368,6 +369,7 @@ class TensorRTEngine(Engine):
         trt, cuda = import_tensorrt()
         self._trt, self._cuda = trt, cuda
         self._identify(path_or_preset, threshold)
+        self.precision = self.card.get("exports", {}).get("tensorrt", {}).get("precision", "as built")
 
         cuda.init()
         # The primary context is the one TensorRT's CUDA runtime calls use; push/pop it around every call so the

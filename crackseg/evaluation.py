@@ -240,8 +240,7 @@ def evaluate_model(model: str | Path, pairs: list[Pair], threshold: float | None
     with open_engine(str(model), backend, threshold, precision) as engine:
         report = evaluate_engine(engine, read_labelled(pairs, f"evaluate {engine.name}"), distance,
                                  by_dataset=spans_datasets(pairs))
-        return {**report, "model": str(model), "backend": engine.backend,
-                "precision": getattr(engine, "precision", "f32")}
+        return {**report, "model": str(model), "backend": engine.backend, "precision": engine.precision}
 
 
 def format_reports(report: dict) -> str:

@@ -408,7 +408,7 @@ def test_tensorrt_code_paths_on_a_simulated_runtime(tiny_model, synthetic_data, 
     import onnx
 
     from crackseg import engines
-    from crackseg.export import build_tensorrt_engine, sample_images
+    from crackseg.export import build_tensorrt_engine, sample_images, write_export_card
 
     calls: dict = {}
     trt, pycuda, cuda = simulated_tensorrt(calls)
@@ -425,9 +425,11 @@ def test_tensorrt_code_paths_on_a_simulated_runtime(tiny_model, synthetic_data, 
     assert engine_path.is_file() and cache.read_bytes() == b"simulated scales"
     assert calls["calibration_batches"] == 3 and calls["flags"] == ["fp16", "int8"] and calls["network_flags"] == 0
 
+    write_export_card(tiny_model["onnx"], engine_path, "tensorrt", {"precision": "int8"})  # as TensorRT.py does
     engine = open_engine(str(engine_path))  # auto: .engine -> tensorrt
     reference = open_engine(str(tiny_model["onnx"]))
-    assert engine.backend == "tensorrt" and engine.max_batch == 2
+    assert engine.backend == "tensorrt" and engine.max_batch == 2 and engine.precision == "int8"
+    assert reference.precision == "f32"
     batch = images([(40, 52), (40, 52), (40, 52), (100, 120)], seed=3)
     for image, prob in zip(batch, engine.predict_batch(batch)):  # 3 of one size at max batch 2, then a larger one
         assert prob.shape == image.shape[:2]
