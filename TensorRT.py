@@ -5,6 +5,7 @@
     python TensorRT.py --model weights/student.keras --onnx weights/student.onnx \\
                        --engine weights/student_fp16.engine --precision fp16
     python TensorRT.py --model weights/student.keras --no-fast                       # skip student_fast.onnx
+    python TensorRT.py --model weights/student.keras --cpu_int8                      # + student_int8.onnx (CPU int8)
     python TensorRT.py --model weights/student.onnx --engine weights/student_int8.engine --precision int8 \\
                        --calib_data ../shared/datasets                                # on a Jetson: no TensorFlow
 
@@ -30,11 +31,14 @@ lists = "datasets/splits"          # folder with train.txt / val.txt; "none": se
 parity_images = 8
 fast = True                        # also write the clean fast-CPU export beside --onnx (student_fast.onnx), checked
                                    # on OpenVINO (the CPU default backend) against Keras
+cpu_int8 = False                   # also write student_int8.onnx: the fast export quantised to int8 (QDQ) for CPUs with
+                                   # VNNI / AMX (--precision=int8 on camera.py / evaluate.py), calibrated like TensorRT
+                                   # INT8 (--calib_data, --calib_images, --calib_size) and checked against Keras
 # TensorRT -------------------------------------------------------------------------------------------------------
 engine = ""                        # engine output, e.g. weights/student_fp16.engine; "" = ONNX only
 precision = "fp16"                 # fp32 | fp16 | int8
-calib_data = ""                    # INT8 calibration images (dataset root or image folder); "" = --data
-calib_images = 64
+calib_data = ""                    # INT8 calibration images (dataset root or image folder, train split); "" = --data
+calib_images = 64                  # (TensorRT INT8 and --cpu_int8 alike)
 calib_size = 448                   # calibration crops (multiple of 4)
 calib_cache = ""                   # reuse / write the INT8 scale cache here; "" = beside the engine
 min_size = 32                      # optimization profile: H, W from min_size to max_size, tuned for opt_size
@@ -55,6 +59,9 @@ from crackseg.engines import EngineError, KerasEngine, OnnxEngine, is_preset, lo
 def export_and_check() -> Path:
     """The ONNX file to build from: exported from Keras and parity-checked, or --model itself when .onnx."""
     if Path(model).suffix.lower() == ".onnx":
+        if cpu_int8:
+            sys.exit(f"error: --cpu_int8 quantises the Keras export and checks it against Keras; give the .keras "
+                     f"file, not {model}")
         print(f"ONNX: using {model} as given (no Keras export)")
         return Path(model)
     if is_preset(model) and Path(onnx) == Path(_TRAINED_ONNX):
@@ -76,12 +83,14 @@ def export_and_check() -> Path:
     print(f"model card: {card}")
     if not result["passed"]:
         sys.exit(f"error: {out}: ONNX Runtime does not match Keras (see the parity line above)")
-    if fast:
-        export_fast(net, reference, images, out)
+    if fast or cpu_int8:
+        fast_onnx = export_fast(net, reference, images, out)
+        if cpu_int8:
+            export_cpu_int8(reference, images, fast_onnx)
     return out
 
 
-def export_fast(net, reference, images, plain_onnx: Path) -> None:
+def export_fast(net, reference, images, plain_onnx: Path) -> Path:
     """The clean export (native InstanceNormalization / dilated Conv) beside the plain one, parity-checked on
     OpenVINO and ONNX Runtime against Keras; its own model card entry ``onnx_fast``."""
     from crackseg.engines import OpenVinoEngine, fast_onnx_for
@@ -99,13 +108,42 @@ def export_fast(net, reference, images, plain_onnx: Path) -> None:
     print(f"model card: {card}")
     if not all(r["passed"] for r in results.values()):
         sys.exit(f"error: {out}: the fast export does not match Keras (see the parity lines above)")
+    return out
+
+
+def calibration_images() -> list:
+    """Real training images for int8 calibration (TensorRT and CPU alike), centre-cropped to --calib_size."""
+    images = [ex.square_crop(image, calib_size)
+              for image in ex.sample_images(calib_data or data, calib_images, "train", lists)]
+    print(f"INT8: calibrating on {len(images)} real training images ({calib_size}^2 crops) from {calib_data or data}")
+    return images
+
+
+def export_cpu_int8(reference, images, fast_onnx: Path) -> None:
+    """student_int8.onnx beside the fast export: its QDQ int8 quantisation, checked on OpenVINO against Keras (at
+    most 1 % of mask pixels may differ) before it replaces any earlier one; its own model card entry ``onnx_int8``."""
+    from crackseg.engines import OpenVinoEngine, int8_onnx_for
+    from crackseg.io import atomic_path
+
+    out = int8_onnx_for(fast_onnx)
+    with atomic_path(out) as candidate_path:  # a model that fails the check never replaces the one there
+        ex.quantize_int8(fast_onnx, candidate_path, calibration_images())
+        candidate = OpenVinoEngine(str(candidate_path), reference.threshold)
+        result = ex.parity_check(reference, candidate, images, reference.threshold, "int8")
+        candidate.close()
+        print(ex.format_parity(result))
+        if not result["passed"]:
+            sys.exit(f"error: {out}: not written, the int8 model differs from Keras on more than 1 % of mask pixels")
+    print(f"ONNX (CPU int8): wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    card = ex.write_export_card(None if reference.name.endswith("-untrained") else model, out, "onnx_int8",
+                                {"source": fast_onnx.name, "quantization": "QDQ: Conv / ConvTranspose int8 weights "
+                                 "per channel, uint8 activations, min/max calibration", "calibration_images":
+                                 calib_images, "calibration_size": calib_size, "parity_vs_keras": result})
+    print(f"model card: {card}")
 
 
 def build_engine(onnx_path: Path) -> None:
-    calibration = None
-    if precision == "int8":
-        calibration = ex.sample_images(calib_data or data, calib_images, "train", lists)
-        print(f"INT8: calibrating on {len(calibration)} real training images from {calib_data or data}")
+    calibration = calibration_images() if precision == "int8" else None
     cache = calib_cache or (str(Path(engine).with_suffix(".calib")) if precision == "int8" else None)
     ex.build_tensorrt_engine(onnx_path, engine, precision, calibration, calib_size, calibration_cache=cache,
                              min_size=min_size, opt_size=opt_size, max_size=max_size, max_batch=max_batch,

@@ -31,7 +31,7 @@ json = None           # write the report here as JSON
 threshold = None      # None: the model card's (--model) or 0.5
 distance = 2          # tolerance of the tolerant metrics (Chebyshev pixels)
 backend = "auto"      # --model only: auto (CPU: openvino) | keras | onnx | openvino | tensorrt
-precision = "f32"     # --model only: f32 | bf16 (OpenVINO, honoured where the CPU reports BF16)
+precision = "f32"     # --model only: f32 | bf16 (OpenVINO, where the CPU reports BF16) | int8 (OpenVINO, *_int8.onnx)
 subset = None         # a split list file: evaluate only the images it names
 
 config = configure(globals(), __doc__)

@@ -135,32 +135,6 @@ class KerasMixedEngine(Engine):
         return self._forward(batch).numpy()
 
 
-def quantize_int8(onnx_path: Path, out_path: Path, calibration: list[np.ndarray]) -> Path:
-    """ONNX Runtime static QDQ int8 (per-channel weights, u8 activations) calibrated on real images."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_static)
-
-    from .preprocess import prepare
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"image": prepare(image)[0]} for image in calibration])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    prepared = out_path.with_name(out_path.stem + "_pre.onnx")
-    try:
-        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
-        source = prepared
-    except Exception:  # pre-processing is an optimisation; quantise the plain graph when it fails
-        source = onnx_path
-    quantize_static(str(source), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    op_types_to_quantize=["Conv", "ConvTranspose"])  # no int8 InstanceNormalization kernel exists
-    return out_path
-
-
 def candidates(model_spec: str, workdir: Path, calibration: list[np.ndarray], threads: int,
                skip: tuple[str, ...] = ()) -> tuple[list[Candidate], object, float]:
     """Every backend / precision available here for ``model_spec`` (a ``.keras`` file or a preset).
@@ -169,7 +143,7 @@ def candidates(model_spec: str, workdir: Path, calibration: list[np.ndarray], th
     plain tf2onnx export (what ``student.onnx`` is) and the clean one (``student_fast.onnx``).
     """
     from .engines import KerasEngine, load_deployable_keras, read_model_card, resolve_threshold
-    from .export import export_onnx, tensorrt_status
+    from .export import export_onnx, quantize_int8, tensorrt_status
 
     net = load_deployable_keras(model_spec)
     threshold = resolve_threshold({} if is_preset(model_spec) else read_model_card(model_spec), None)

@@ -10,6 +10,7 @@ not been run on this project's CPU-only machines.
 from __future__ import annotations
 
 import logging
+import tempfile
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -18,7 +19,7 @@ import cv2
 import numpy as np
 
 from .engines import EngineError, model_card_path, openvino_cpu_config, read_model_card
-from .io import atomic_write_bytes, atomic_write_json, sha256
+from .io import atomic_path, atomic_write_bytes, atomic_write_json, sha256
 from .preprocess import MULTIPLE, prepare
 
 if TYPE_CHECKING:  # annotations only: onnx and tf2onnx are imported by the functions that use them
@@ -425,6 +426,42 @@ def square_crop(image: np.ndarray, size: int) -> np.ndarray:
         h, w = image.shape[:2]
     top, left = (h - size) // 2, (w - size) // 2
     return np.ascontiguousarray(image[top:top + size, left:left + size])
+
+
+# ---------------------------------------------------------------------------------------------- int8 (CPU)
+def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration: list[np.ndarray]) -> Path:
+    """ONNX Runtime static QDQ int8 of ``onnx_path`` (per-channel int8 weights, uint8 activations, min/max ranges
+    from ``calibration``: real RGB uint8 images, prepared as for inference), written atomically to ``out_path``.
+
+    Only Conv and ConvTranspose are quantised: no runtime has an int8 InstanceNormalization kernel, so the norms
+    stay fp32 between them. OpenVINO runs the QDQ pairs as int8 convolutions (VNNI / AMX), ONNX Runtime too.
+    """
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
+                                          quantize_static)
+
+    if not calibration:
+        raise EngineError(f"{out_path}: int8 quantisation needs calibration images")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.images = iter(calibration)
+
+        def get_next(self):
+            image = next(self.images, None)
+            return None if image is None else {INPUT_NAME: prepare(image)[0]}
+
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp, tempfile.TemporaryDirectory(prefix="crackseg_int8_") as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        try:
+            quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+            source = prepared
+        except Exception:  # pre-processing (shape inference, folding) is an optimisation; quantise the graph as is
+            source = Path(onnx_path)
+        quantize_static(str(source), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        op_types_to_quantize=["Conv", "ConvTranspose"])
+    return out_path
 
 
 # ---------------------------------------------------------------------------------------------- parity

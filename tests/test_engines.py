@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_THRESHOLD
-from crackseg.engines import (DEFAULT_THRESHOLD, EngineError, Engine, backends, choose_backend, open_engine,
-                              register_backend)
+from crackseg.engines import (DEFAULT_THRESHOLD, EngineError, Engine, OpenVinoEngine, backends, choose_backend,
+                              fast_onnx_for, int8_onnx_for, open_engine, register_backend)
 from crackseg.export import tensorrt_status
 
 
@@ -199,8 +199,59 @@ def test_bf16_runs_on_openvino_where_the_cpu_has_it_and_is_refused_elsewhere(tin
     np.testing.assert_allclose(engine.predict(image), reference.predict(image), atol=0.05)
     with pytest.raises(EngineError, match="precision bf16 needs the openvino backend, not onnx"):
         open_engine(str(tiny_model["onnx"]), backend="onnx", precision="bf16")
-    with pytest.raises(EngineError, match=r"unknown precision 'fp16'; choose one of \('f32', 'bf16'\)"):
+    with pytest.raises(EngineError, match=r"unknown precision 'fp16'; choose one of \('f32', 'bf16', 'int8'\)"):
         open_engine(str(tiny_model["onnx"]), precision="fp16")
+    with pytest.raises(EngineError, match="unknown OpenVINO precision 'fp16'"):  # the class itself checks it too
+        OpenVinoEngine(str(tiny_model["onnx"]), precision="fp16")
+
+
+def test_sibling_exports_are_named_from_any_of_them():
+    assert fast_onnx_for("w/student.onnx").as_posix() == "w/student_fast.onnx"
+    assert int8_onnx_for("w/student.onnx").as_posix() == "w/student_int8.onnx"
+    assert int8_onnx_for("w/student_fast.onnx").as_posix() == "w/student_int8.onnx"
+    assert fast_onnx_for("w/student_int8.onnx").as_posix() == "w/student_fast.onnx"
+    assert int8_onnx_for("w/student_int8.onnx").as_posix() == "w/student_int8.onnx"
+
+
+def test_int8_runs_the_quantised_model_beside_the_onnx_and_refuses_a_stale_one(tiny_model, tmp_path):
+    import onnx
+
+    from crackseg.export import quantize_int8
+    from crackseg.io import sha256
+
+    for name in ("tiny.onnx", "tiny.json"):
+        shutil.copyfile(tiny_model["folder"] / name, tmp_path / name)
+    given = tmp_path / "tiny.onnx"
+    with pytest.raises(EngineError, match=r"tiny_int8\.onnx: int8 model not found; write it with .*--cpu_int8"):
+        open_engine(str(given), precision="int8")
+
+    calibration = images([(48, 64)] * 3, seed=1)
+    out = quantize_int8(given, tmp_path / "tiny_int8.onnx", calibration)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.json", "tiny.onnx", "tiny_int8.onnx"]  # no scratch
+    graph = onnx.load(str(out)).graph
+    convs = sum(n.op_type in ("Conv", "ConvTranspose") for n in graph.node)
+    assert sum(n.op_type == "DequantizeLinear" for n in graph.node) >= 2 * convs  # weights and inputs of each
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in graph.initializer)  # int8 weights stored
+
+    image = images([(40, 56)], seed=2)[0]
+    reference = open_engine(str(given), backend="openvino")
+    engine = open_engine(str(given), precision="int8")  # auto: OpenVINO on a CPU machine
+    assert engine.backend == "openvino" and engine.precision == "int8" and engine.model_file == str(out)
+    assert engine.threshold == TINY_THRESHOLD and engine.describe().endswith("(tiny_int8.onnx, int8)")
+    prob = engine.predict(image)
+    assert prob.shape == (40, 56) and np.abs(prob - reference.predict(image)).mean() < 0.05
+    assert open_engine(str(out), backend="openvino").precision == "int8"  # the int8 file itself: int8 whatever asked
+    with pytest.raises(EngineError, match="precision int8 needs the openvino backend, not onnx"):
+        open_engine(str(given), backend="onnx", precision="int8")
+    with pytest.raises(EngineError, match="give that .onnx"):
+        open_engine(str(tiny_model["keras"]), backend="openvino", precision="int8")
+
+    # A retrained model beside the old int8 file: the cards name different trained files, so it is refused.
+    (tmp_path / "tiny.json").write_text(json.dumps({"model": "tiny.keras", "sha256": "a" * 64, "threshold": 0.4}))
+    (tmp_path / "tiny_int8.json").write_text(json.dumps({"model": "tiny.keras", "sha256": "b" * 64, "threshold": 0.4,
+                                                         "exports": {"onnx_int8": {"sha256": sha256(out)}}}))
+    with pytest.raises(EngineError, match=r"tiny_int8\.onnx: made from another model than tiny\.onnx"):
+        open_engine(str(given), precision="int8")
 
 
 def test_engines_module_does_not_import_tensorflow():

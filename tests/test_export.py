@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -250,6 +251,60 @@ def test_tensorrt_script_exports_checks_and_reports(tiny_model, synthetic_data, 
     assert failed.returncode != 0
     assert failed.stderr.strip().startswith("error: cannot build") and len(failed.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "net.engine").exists()
+
+
+def test_tensorrt_script_writes_a_checked_cpu_int8_model_with_its_card(tiny_model, synthetic_data, tmp_path):
+    from crackseg.card import read_card
+
+    import keras
+
+    from crackseg.engines import load_deployable_keras
+
+    # An untrained network's output hovers at its threshold, where int8 rounding flips pixels; one with a strong crack
+    # bias in its heads is decisive, as a trained one mostly is (the untrained case is the refusal test below).
+    net = load_deployable_keras(str(tiny_model["keras"]))
+    for layer in net.layers:
+        if layer.name.endswith("_head"):
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel, bias + np.array([4.0, -4.0, 4.0], np.float32)])  # gate open, crack over bg
+    model = tmp_path / "net.keras"
+    net.save(model)
+    write_card(model, {"threshold": TINY_THRESHOLD})
+    done = run_script(f"--model={model}", f"--onnx={tmp_path / 'net.onnx'}", f"--data={synthetic_data}",
+                      "--lists=none", "--parity_images=2", "--cpu_int8", "--calib_images=3", "--calib_size=64")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "INT8: calibrating on 3 real training images (64^2 crops)" in done.stdout
+    assert "parity openvino vs keras [int8] on 2 images" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".onnx") == [
+        "net.onnx", "net_fast.onnx", "net_int8.onnx"]
+    card = read_card(tmp_path / "net_int8.onnx")
+    entry = card["exports"]["onnx_int8"]
+    assert entry["file"] == "net_int8.onnx" and entry["source"] == "net_fast.onnx"
+    assert entry["calibration_images"] == 3 and entry["parity_vs_keras"]["passed"]
+    assert card["sha256"] == read_card(model, verify=True)["sha256"]  # names the trained file it was made from
+    read_card(tmp_path / "net_int8.onnx", verify=True)  # and records its own hash
+    assert card["threshold"] == TINY_THRESHOLD
+
+    refused = run_script(f"--model={tmp_path / 'net.onnx'}", "--cpu_int8", f"--data={synthetic_data}")
+    assert refused.returncode != 0 and refused.stderr.strip().startswith("error: --cpu_int8 quantises the Keras")
+
+
+def test_an_int8_model_that_fails_its_check_is_not_written(tiny_model, synthetic_data, tmp_path):
+    model = tmp_path / "net.keras"
+    shutil.copyfile(tiny_model["keras"], model)
+    shutil.copyfile(tiny_model["card"], tmp_path / "net.json")
+    (tmp_path / "net_int8.onnx").write_bytes(b"the earlier int8 model")
+    black = tmp_path / "black"  # calibration images unlike the real ones: activation ranges far too narrow
+    black.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(black / f"{i}.png"), np.zeros((64, 64, 3), np.uint8))
+    done = run_script(f"--model={model}", f"--onnx={tmp_path / 'net.onnx'}", f"--data={synthetic_data}",
+                      "--lists=none", "--parity_images=2", "--cpu_int8", f"--calib_data={black}", "--calib_size=64")
+    # measured with four seeds: 11-30 % of the mask pixels flip (the check allows 1 %)
+    assert done.returncode != 0 and "parity openvino vs keras [int8]" in done.stdout and "FAIL" in done.stdout
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'net_int8.onnx'}: not written")
+    assert (tmp_path / "net_int8.onnx").read_bytes() == b"the earlier int8 model"
+    assert not (tmp_path / "net_int8.json").exists() and not list(tmp_path.glob(".net_int8*"))
 
 
 def test_tensorrt_script_refuses_to_overwrite_shipped_onnx_with_a_preset():
