@@ -327,8 +327,8 @@ class OpenVinoEngine(Engine):
         preset = is_preset(path_or_preset)
         self._identify(path_or_preset, threshold)
         path = Path(path_or_preset)
-        if precision not in ("f32", "bf16", "int8"):
-            raise EngineError(f"{path_or_preset}: unknown OpenVINO precision {precision!r} (f32, bf16 or int8)")
+        if precision not in PRECISIONS:
+            raise EngineError(f"{path_or_preset}: unknown OpenVINO precision {precision!r}; choose one of {PRECISIONS}")
         int8 = precision == "int8" or path.stem.endswith(INT8_ONNX_SUFFIX)
         if int8 and path.suffix.lower() not in ONNX_SUFFIXES:
             raise EngineError(f"{path_or_preset}: int8 runs the quantised {INT8_ONNX_SUFFIX}.onnx that TensorRT.py "
@@ -585,7 +585,7 @@ def open_engine(path_or_preset: str, backend: str = "auto", threshold: float | N
 
     ``threshold`` overrides the model card's (default 0.5). ``precision="bf16"`` runs OpenVINO in bf16 where the CPU
     reports BF16 (about 1.9x its fp32 on AVX-512 BF16, README: Inference speed) and in f32 elsewhere, which
-    ``describe()`` shows; ``precision="int8"`` runs the int8 model beside an ``.onnx`` on OpenVINO (about 2.1x f32
+    ``describe()`` shows; ``precision="int8"`` runs the int8 model beside an ``.onnx`` on OpenVINO (1.7-2.1x f32
     with AVX-512 VNNI); other backends only run f32.
     """
     path_or_preset = str(path_or_preset)
