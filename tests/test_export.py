@@ -254,14 +254,10 @@ def test_tensorrt_script_exports_checks_and_reports(tiny_model, synthetic_data, 
 
 
 def test_tensorrt_script_writes_a_checked_cpu_int8_model_with_its_card(tiny_model, synthetic_data, tmp_path):
-    from crackseg.card import read_card
-
-    import keras
-
     from crackseg.engines import load_deployable_keras
 
-    # An untrained network's output hovers at its threshold, where int8 rounding flips pixels; one with a strong crack
-    # bias in its heads is decisive, as a trained one mostly is (the untrained case is the refusal test below).
+    # An untrained network's output hovers at its threshold, where int8 rounding flips a few % of the pixels; one with
+    # a strong crack bias in its heads is decisive, as a trained one mostly is (a failing check: the next test).
     net = load_deployable_keras(str(tiny_model["keras"]))
     for layer in net.layers:
         if layer.name.endswith("_head"):
