@@ -27,7 +27,7 @@ model = "weights/student.onnx"    # .onnx | .engine | .keras | preset name (untr
 backend = "auto"                  # auto (CPU: openvino, see README.md (Inference speed)) | openvino | onnx | tensorrt | keras
 threshold = None                  # None: from the model card (default 0.5)
 precision = "f32"                 # f32 | bf16 | int8 (OpenVINO): bf16 where the CPU reports BF16 (~1.8x); int8 runs
-                                  # student_int8.onnx beside --model (~2.1x with VNNI; README: Inference speed)
+                                  # student_int8.onnx beside --model (1.7-2.1x with VNNI; README: Inference speed)
 max_side = 0                      # shrink frames so the longer side is at most this before inference (0: as read)
 headless = False                  # no window
 save = ""                         # folder for overlay images, or a .mp4 / .avi file for an overlay video
