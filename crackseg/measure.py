@@ -15,7 +15,8 @@ Per frame (``crack_stats``, camera.py's line without a scale), in pixels:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -217,8 +218,9 @@ class SeverityTable:
 
 SEVERITY_TABLES = {
     "ltpp": SeverityTable("ltpp", (6.0, 19.0), ("low", "moderate", "high"), (False, False),
-                          "FHWA LTPP Distress Identification Manual (FHWA-HRT-13-092), asphalt longitudinal, transverse "
-                          "and fatigue cracking: mean width ≤ 6 mm low, > 6 to 19 mm moderate, > 19 mm high"),
+                          "FHWA LTPP Distress Identification Manual (FHWA-HRT-13-092), asphalt longitudinal, "
+                          "transverse and fatigue cracking: mean width ≤ 6 mm low, > 6 to 19 mm moderate, "
+                          "> 19 mm high"),
     "astm": SeverityTable("astm", (10.0, 76.0), ("low", "medium", "high"), (True, False),
                           "ASTM D6433 (PCI), longitudinal and transverse cracking: mean width < 10 mm low, "
                           "10 to 76 mm medium, > 76 mm high"),
@@ -664,9 +666,22 @@ def frame_stats(mask: np.ndarray, settings: MeasureSettings) -> dict:
     total = sum(c.length_px for c in m.cracks)
     stats["cracks"] = len(m.cracks)
     stats[f"length_{u}"] = round(total * s, 2)
-    stats[f"mean_width_{u}"] = round(sum(c.mean_width_px * c.length_px for c in m.cracks) / total * s, 2) if total else 0.0
+    weighted = sum(c.mean_width_px * c.length_px for c in m.cracks)
+    stats[f"mean_width_{u}"] = round(weighted / total * s, 2) if total else 0.0
     stats[f"max_width_{u}"] = round(max((c.max_width_px for c in m.cracks), default=0.0) * s, 2)
     worst = m.worst()
     stats["worst_severity"] = worst.severity if worst else ""
     stats["severity_level"] = worst.severity_level if worst else 0
     return stats
+
+
+def frame_measure(settings: MeasureSettings, native_long_side: int = 0) -> Callable[[np.ndarray], dict]:
+    """``mask -> frame_stats(mask, settings)`` for camera.py's pipeline. ``native_long_side``: the longer side of the
+    frames as read when they are shrunk before inference (camera.py --max_side); ``mm_per_px`` is per pixel as read,
+    so each mask's scale becomes ``mm_per_px * native_long_side / its longer side``."""
+    def measure(mask: np.ndarray) -> dict:
+        shrunk = native_long_side and settings.mm_per_px and max(np.shape(mask)[:2]) != native_long_side
+        scaled = replace(settings, mm_per_px=settings.mm_per_px * native_long_side / max(np.shape(mask)[:2])) \
+            if shrunk else settings
+        return frame_stats(mask, scaled)
+    return measure

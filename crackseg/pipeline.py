@@ -24,7 +24,7 @@ import numpy as np
 
 from . import viz
 from .engines import Engine
-from .measure import crack_stats, format_stats
+from .measure import STREAM_KEYS, crack_stats, format_stats
 from .sources import OverlaySaver
 from .stream import encode_jpeg, make_header
 
@@ -38,7 +38,7 @@ class FrameResult:
     index: int            # 0, 1, ... (the frame number in the stream header)
     name: str             # the source's name for it (image file stem, or the frame number for video / camera)
     mask: np.ndarray      # boolean crack mask at the engine's threshold
-    stats: dict           # crackseg.measure.crack_stats
+    stats: dict           # crackseg.measure.crack_stats (or the ``measure`` given to the pipeline)
     infer_ms: float       # engine.predict + engine.mask on the calling thread
     fps: float            # smoothed frames per second of the whole loop when this frame was inferred
     overlay: np.ndarray   # the annotated RGB frame that was saved / sent (what a window shows)
@@ -64,8 +64,9 @@ class FramePipeline:
 
     def __init__(self, engine: Engine, *, max_side: int = 0, saver: OverlaySaver | None = None,
                  send: Callable[[dict, bytes], None] | None = None, device: str = "camera", jpeg_quality: int = 80,
-                 overlap: bool = True):
-        self.engine, self.max_side, self.saver, self.send = engine, max_side, saver, send
+                 overlap: bool = True, measure: Callable[[np.ndarray], dict] = crack_stats):
+        # measure: mask -> stats, e.g. functools.partial(measure.frame_stats, settings=...) for millimetres
+        self.engine, self.max_side, self.saver, self.send, self.measure = engine, max_side, saver, send, measure
         self.device, self.jpeg_quality, self.overlap = device, jpeg_quality, overlap
         self._fps, self._last_tick = 0.0, 0.0
 
@@ -98,14 +99,12 @@ class FramePipeline:
                 fps: float) -> FrameResult:
         """Statistics, overlay, save, encode + send: everything after inference."""
         engine = self.engine
-        stats = crack_stats(mask)
+        stats = self.measure(mask)
         out = viz.annotate(frame, mask, [f"{engine.name} [{engine.backend}] {fps:.1f} FPS", format_stats(stats)])
         if self.saver:
             self.saver.write(name, out)
         if self.send:
-            numbers = {"crack_ratio": stats["crack_ratio"], "length_px": stats["length_px"],
-                       "max_width_px": stats["max_width_px"], "components": stats["components"],
-                       "fps": fps, "infer_ms": infer_ms}
+            numbers = {**{k: stats[k] for k in STREAM_KEYS if k in stats}, "fps": fps, "infer_ms": infer_ms}
             header = make_header(self.device, index, out.shape[1], out.shape[0], numbers, engine.name)
             self.send(header, encode_jpeg(out, self.jpeg_quality))
         return FrameResult(index, name, mask, stats, infer_ms, fps, out)
