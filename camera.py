@@ -29,6 +29,9 @@ threshold = None                  # None: from the model card (default 0.5)
 precision = "f32"                 # f32 | bf16 | int8 (OpenVINO): bf16 where the CPU reports BF16 (~1.8x); int8 runs
                                   # student_int8.onnx beside --model (1.7-2.1x with VNNI; README: Inference speed)
 max_side = 0                      # shrink frames so the longer side is at most this before inference (0: as read)
+mm_per_px = 0.0                   # millimetres per pixel of the frames as read (docs/measure.md): overlay, printed
+                                  # line and stream stats in mm with the frame's worst severity (0: pixels)
+severity = "ltpp"                 # with --mm_per_px: ltpp (<=6, 6-19, >19 mm) | astm (<10, 10-76, >76 mm) | edges
 headless = False                  # no window
 save = ""                         # folder for overlay images, or a .mp4 / .avi file for an overlay video
 max_frames = 0                    # stop after this many frames (0: until the source ends)
@@ -49,7 +52,7 @@ import cv2  # noqa: E402
 import zmq  # noqa: E402
 
 from crackseg.engines import EngineError, open_engine  # noqa: E402
-from crackseg.measure import format_stats  # noqa: E402
+from crackseg.measure import MeasureError, MeasureSettings, crack_stats, format_stats, frame_measure  # noqa: E402
 from crackseg.pipeline import FramePipeline  # noqa: E402
 from crackseg.sources import FrameSource, OverlaySaver, SourceError  # noqa: E402
 from crackseg.stream import Sender, device_name  # noqa: E402
@@ -68,6 +71,21 @@ def run() -> int:
     try:
         frames = FrameSource(source, read_retries)
     except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        measure = crack_stats
+        if mm_per_px:
+            native = 0
+            if max_side:  # --mm_per_px is per pixel as read: the pipeline measures the shrunk frames
+                if frames.kind == "folder":
+                    raise MeasureError("--mm_per_px with --max_side needs a camera or video (photos in a folder can "
+                                       "differ in size); drop --max_side, or use report.py for photos")
+                native = int(max(frames.capture.get(cv2.CAP_PROP_FRAME_WIDTH),
+                                 frames.capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+            measure = frame_measure(MeasureSettings(mm_per_px=mm_per_px, severity=severity), native)
+    except MeasureError as exc:
+        frames.close()
         print(f"error: {exc}", file=sys.stderr)
         return 1
     name = device_name(device or socket.gethostname())
@@ -90,7 +108,7 @@ def run() -> int:
     saver = OverlaySaver(save, frames.fps) if save else None
     show = not headless and open_window()
     pipeline = FramePipeline(engine, max_side=max_side, saver=saver, send=sender.send if sender else None,
-                             device=name, jpeg_quality=jpeg_quality, overlap=overlap)
+                             device=name, jpeg_quality=jpeg_quality, overlap=overlap, measure=measure)
     # islice: no frame beyond --max_frames is read or inferred, even one ahead on the helper thread.
     results = pipeline.results(islice(frames.frames(), max_frames or None))
     count, started, paced, status = 0, time.monotonic(), time.monotonic(), 0
