@@ -266,3 +266,44 @@ def test_frame_stats_in_mm_with_worst_severity():
     assert "mm" in line and "worst moderate" in line and "px" not in line
     none = frame_stats(np.zeros((40, 40), bool), MeasureSettings(mm_per_px=2.0))
     assert none["cracks"] == 0 and none["severity_level"] == 0 and "worst none" in format_stats(none)
+
+
+def test_frame_measure_scales_shrunk_frames_back_to_pixels_as_read():
+    from crackseg.measure import frame_measure
+
+    full = tube((400, 400), [[(200, 20), (200, 380)]], 9)
+    half = cv2.resize(full.astype(np.uint8), (200, 200), interpolation=cv2.INTER_NEAREST) > 0
+    as_read = frame_measure(MeasureSettings(mm_per_px=1.0))(full)
+    shrunk = frame_measure(MeasureSettings(mm_per_px=1.0), native_long_side=400)(half)   # camera.py --max_side=200
+    assert shrunk["length_mm"] == pytest.approx(as_read["length_mm"], rel=0.03)
+    assert shrunk["max_width_mm"] == pytest.approx(as_read["max_width_mm"], abs=2.0)
+
+
+def test_camera_pipeline_streams_millimetres_and_the_worst_severity():
+    """camera.py --mm_per_px: FramePipeline(measure=frame_measure(...)) -> overlay line and stream stats in mm."""
+    from crackseg.engines import Engine
+    from crackseg.measure import STREAM_KEYS, frame_measure
+    from crackseg.pipeline import FramePipeline
+
+    class DarkEngine(Engine):
+        backend = "fake"
+
+        def _infer(self, batch):
+            return 1.0 - (batch.mean(axis=-1, keepdims=True) + 1.0) / 2.0
+
+    frame = np.full((120, 160, 3), 200, np.uint8)
+    frame[tube((120, 160), [[(80, 10), (80, 110)]], 5)] = 0          # 5 px wide at 4 mm / px: 20 mm, high
+    headers = []
+    pipeline = FramePipeline(DarkEngine("dark", 0.5), send=lambda h, jpeg: headers.append(h), overlap=False,
+                             measure=frame_measure(MeasureSettings(mm_per_px=4.0)))
+    (result,) = list(pipeline.results([("f0", frame)]))
+    assert result.stats["worst_severity"] == "high"
+    stats = headers[0]["stats"]
+    assert stats["severity_level"] == 3 and stats["cracks"] == 1
+    assert stats["length_mm"] == pytest.approx(400, rel=0.05)
+    assert set(stats) <= set(STREAM_KEYS) | {"fps", "infer_ms"}
+    # the default stays today's pixel statistics
+    (plain,) = list(FramePipeline(DarkEngine("dark", 0.5), send=lambda h, j: headers.append(h),
+                                  overlap=False).results([("f0", frame)]))
+    assert set(headers[-1]["stats"]) == {"crack_ratio", "length_px", "max_width_px", "components", "fps", "infer_ms"}
+    assert "length_mm" not in plain.stats
