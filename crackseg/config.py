@@ -7,11 +7,17 @@ A script defines its tunable constants as lower-case module globals, then calls:
 Every constant of a simple type (int, float, bool, str, None, tuple/list) becomes a flag: ``--epochs=5``,
 ``--epochs 5``, ``--max-frames=10`` (dashes read as underscores), ``--headless`` / ``--no-headless`` for bools.
 Values are checked against the type of the default; unknown flags and bad values exit with one line.
+``--help`` lists every flag with its default and the comment written beside the constant (read from the script's
+source, ``namespace["__file__"]``), including comment lines that continue it, indented, just below.
 """
 from __future__ import annotations
 
 import ast
+import io
 import sys
+import textwrap
+import tokenize
+from pathlib import Path
 from typing import Any
 
 _SIMPLE = (int, float, bool, str, type(None), tuple, list)
@@ -99,10 +105,70 @@ def parse_overrides(argv: list[str], defaults: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def help_text(defaults: dict[str, Any], doc: str | None) -> str:
+def constant_comments(source: str) -> dict[str, str]:
+    """``{name: comment}`` for the module-level ``name = value  # comment`` lines of a script's source; comment-only
+    lines indented just below one continue its comment. Unparsable source gives {}."""
+    try:
+        tree = ast.parse(source)
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (SyntaxError, tokenize.TokenError, ValueError):
+        return {}
+    comments: dict[int, str] = {}
+    code_lines: set[int] = set()
+    for tok in tokens:
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
+            code_lines.update(range(tok.start[0], tok.end[0] + 1))
+    lines = source.splitlines()
+    out: dict[str, str] = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, ast.AnnAssign) else []
+        if len(targets) != 1 or not isinstance(targets[0], ast.Name):
+            continue
+        end = node.end_lineno or node.lineno
+        parts = [comments[n] for n in range(node.lineno, end + 1) if n in comments]
+        if not parts:
+            continue
+        n = end + 1
+        while (n in comments and n not in code_lines and n <= len(lines)
+               and lines[n - 1][:1].isspace()):  # an indented comment-only line continues this one
+            parts.append(comments[n])
+            n += 1
+        out[targets[0].id] = " ".join(p for p in parts if p)
+    return out
+
+
+def script_comments(namespace: dict) -> dict[str, str]:
+    """``constant_comments`` of the file a namespace came from ({} when there is none or it cannot be read)."""
+    path = namespace.get("__file__")
+    try:
+        return constant_comments(Path(path).read_text("utf-8")) if path else {}
+    except (OSError, UnicodeDecodeError):
+        return {}
+
+
+def help_text(defaults: dict[str, Any], doc: str | None, comments: dict[str, str] | None = None,
+              width: int = 116) -> str:
+    """The script's docstring, then one entry per flag: ``--name=default`` and the constant's comment beside it
+    (wrapped; on the next line when the flag itself is long)."""
+    comments = comments or {}
     lines = [(doc or "").strip(), "", "flags (defaults are the constants at the top of the script):"]
-    for k, v in defaults.items():
-        lines.append(f"  --{k}={v!r}")
+    flags = {k: f"  --{k}={v!r}" for k, v in defaults.items()}
+    column = min(max((len(f) for f in flags.values()), default=0) + 2, 40)
+    for k, flag in flags.items():
+        comment = comments.get(k, "")
+        if not comment:
+            lines.append(flag)
+            continue
+        wrapped = textwrap.wrap(comment, max(30, width - column)) or [""]
+        if len(flag) + 2 > column:
+            lines.append(flag)
+            lines.extend(" " * column + w for w in wrapped)
+        else:
+            lines.append(flag.ljust(column) + wrapped[0])
+            lines.extend(" " * column + w for w in wrapped[1:])
     return "\n".join(lines).strip()
 
 
@@ -111,7 +177,7 @@ def configure(namespace: dict, doc: str | None = None, argv: list[str] | None = 
     argv = sys.argv[1:] if argv is None else argv
     defaults = tunables(namespace)
     if "-h" in argv or "--help" in argv:
-        print(help_text(defaults, doc))
+        print(help_text(defaults, doc, script_comments(namespace)))
         raise SystemExit(0)
     try:
         overrides = parse_overrides(argv, defaults)
