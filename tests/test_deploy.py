@@ -9,6 +9,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -95,7 +96,7 @@ def procs():
 
 
 def pc(procs, port: int, *args: str) -> Script:
-    script = Script("PC.py", f"--bind=tcp://127.0.0.1:{port}", "--headless", "--max_seconds=120", *args)
+    script = Script("PC.py", f"--bind=tcp://127.0.0.1:{port}", "--headless", "--max_seconds=120", "--http=", *args)
     procs.append(script)
     script.wait_for("listening on")
     return script
@@ -257,7 +258,8 @@ def run_blocked(argv: list[str], blocked: tuple[str, ...]) -> subprocess.Complet
 
 
 def test_pc_never_imports_tensorflow_or_the_model():
-    done = run_blocked(["PC.py", f"--bind=tcp://127.0.0.1:{free_port()}", "--headless", "--max_seconds=0.5"],
+    done = run_blocked(["PC.py", f"--bind=tcp://127.0.0.1:{free_port()}", "--headless", "--max_seconds=0.5",
+                        "--http=127.0.0.1:0"],
                        ("tensorflow", "keras", "model", "tf2onnx", "onnx", "onnxruntime", "scipy"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "LEAKED []" in done.stdout and "done: 0 valid frames" in done.stdout
@@ -268,3 +270,180 @@ def test_camera_on_onnx_runs_without_tensorflow(media, tiny_model):
                         "--max_frames=2"], ("tensorflow", "keras", "model", "tf2onnx"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "LEAKED []" in done.stdout and "done: 2 frames" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------- hardening
+def test_two_runs_of_one_device_never_overwrite_saved_frames(procs, media, tiny_model, tmp_path):
+    port, out = free_port(), tmp_path / "received"
+    receiver = pc(procs, port, f"--save={out}", f"--max_frames={2 * FRAMES}")
+    for _ in range(2):  # the same device twice: frame numbers restart at 0
+        rc, stdout, stderr = camera(procs, media["short"], tiny_model["onnx"], f"--send=tcp://127.0.0.1:{port}",
+                                    "--device=cam1", "--quiet").finish()
+        assert rc == 0, stdout + stderr
+    rc, pc_out, pc_err = receiver.finish()
+    assert rc == 0 and f"done: {2 * FRAMES} valid frames" in pc_out, pc_out + pc_err
+    headers = read_headers(out)
+    assert sorted(h["frame"] for h in headers) == sorted(list(range(FRAMES)) * 2)
+    assert len({h["run"] for h in headers}) == 2
+    files = sorted((out / "cam1").glob("*.jpg"))
+    assert len(files) == 2 * FRAMES and {h["file"] for h in headers} == {f"cam1/{f.name}" for f in files}
+
+
+def start_all(*argvs: list[str]) -> list[Script]:
+    return [Script(*argv) for argv in argvs]
+
+
+def test_bad_flags_and_paths_are_one_line_each(tmp_path):
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("not a folder")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    bind = f"--bind=tcp://127.0.0.1:{free_port()}"
+    cases = {
+        "save names a file": ["PC.py", bind, "--http=", f"--save={a_file}"],
+        "save under a file": ["PC.py", bind, "--http=", f"--save={a_file}/sub"],
+        "max_devices": ["PC.py", bind, "--http=", "--max_devices=0"],
+        "max_pixels": ["PC.py", bind, "--http=", "--max_pixels=0"],
+        "not a number": ["PC.py", bind, "--http=", "--max_pixels=lots"],
+        "http shape": ["PC.py", bind, "--http=nonsense"],
+        "http port": ["PC.py", bind, "--http=127.0.0.1:99999"],
+        "http taken": ["PC.py", bind, f"--http=127.0.0.1:{taken.getsockname()[1]}"],
+        "http host": ["PC.py", bind, "--http=256.1.1.1:8080"],
+        "curve folder": ["PC.py", bind, "--http=", f"--curve={tmp_path / 'nokeys'}"],
+        "curve empty": ["PC.py", bind, "--http=", f"--curve={tmp_path}"],
+        "keys into a file": ["PC.py", f"--make_keys={a_file}"],
+        "keys bad name": ["PC.py", f"--make_keys={tmp_path / 'k'}", "--clients=../x"],
+        "bind": ["PC.py", "--bind=tcp://nowhere:what", "--http="],
+    }
+    try:
+        scripts = dict(zip(cases, start_all(*cases.values())))
+        for name, script in scripts.items():
+            rc, stdout, stderr = script.finish(60)
+            lines = stderr.strip().splitlines()
+            assert rc != 0 and len(lines) == 1 and lines[0].startswith("error:"), (name, stdout, stderr)
+            assert "Traceback" not in stdout + stderr, name
+    finally:
+        taken.close()
+
+
+def test_pc_make_keys_adds_a_device_and_keeps_the_server_key(tmp_path):
+    keys = tmp_path / "keys"
+    assert Script("PC.py", f"--make_keys={keys}", "--clients=truck1").finish()[0] == 0
+    server = (keys / "pc" / "server.key").read_text().split("public-key")[1]
+    rc, stdout, stderr = Script("PC.py", f"--make_keys={keys}", "--clients=truck1,truck2").finish()
+    assert rc == 0, stdout + stderr
+    assert (keys / "pc" / "server.key").read_text().split("public-key")[1] == server
+    assert (keys / "truck2" / "server.key").read_text().split("public-key")[1] == server
+    assert sorted(p.name for p in (keys / "pc" / "authorized_clients").iterdir()) == ["truck1.key", "truck2.key"]
+    assert Script("PC.py", f"--make_keys={keys}", "--clients=truck1", "--new_server_key").finish()[0] == 0
+    assert (keys / "truck2" / "server.key").read_text().split("public-key")[1] != server
+
+
+PIXEL_CAP = """
+import runpy, sys
+sys.argv = {argv!r}
+try:
+    runpy.run_path('PC.py', run_name='__main__')
+except SystemExit:
+    pass
+import cv2, numpy as np
+ok, buf = cv2.imencode('.jpg', np.zeros((48, 64, 3), np.uint8))
+try:
+    cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    print('NOT CAPPED')
+except cv2.error:
+    print('CAPPED')
+"""
+
+
+def test_pc_sets_opencvs_own_pixel_cap():
+    argv = ["PC.py", f"--bind=tcp://127.0.0.1:{free_port()}", "--http=", "--headless", "--max_seconds=0.2",
+            "--max_pixels=1000"]
+    done = subprocess.run([sys.executable, "-c", PIXEL_CAP.format(argv=argv)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert "CAPPED" in done.stdout and "NOT CAPPED" not in done.stdout, done.stdout + done.stderr
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def bomb_messages() -> list[tuple[str, list[bytes]]]:
+    """Every kind of heavy message under PC.py's 8 MiB limit, with the reason each must get (None: accepted)."""
+    import base64
+
+    import numpy as np
+    from test_stream import message_with, patch_size
+
+    rng = np.random.default_rng(0)
+    small = cv2.imencode(".jpg", rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))[1].tobytes()
+    progressive = cv2.imencode(".jpg", rng.integers(0, 255, (48, 64, 3), dtype=np.uint8),
+                               [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    at = progressive.index(b"\xff\xc2")  # SOF2
+    bomb = bytearray(progressive)
+    bomb[at + 5:at + 9] = (30000).to_bytes(2, "big") * 2
+    # the largest image PC.py decodes: 4096x4096, progressive, no chroma subsampling (largest coefficient buffers)
+    big = cv2.resize(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8), (4096, 4096), interpolation=cv2.INTER_NEAREST)
+    largest = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_QUALITY, 90,
+                                         cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                         cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])[1].tobytes()
+    assert len(largest) * 4 // 3 < 8 << 20
+    header = json.dumps({"version": 1, "device": "bomber", "frame": 0, "time": time.time(), "width": 4096,
+                         "height": 4096}).encode()
+    return [
+        ("size_mismatch", message_with(bytes(bomb), 64, 48, "bomber")),        # the probe: 30000^2 claiming 64x48
+        ("pixels", message_with(patch_size(small, 16000, 16000), 16000, 16000, "bomber")),
+        (None, message_with(largest, 4096, 4096, "bomber")),
+        (None, message_with(largest, 4096, 4096, "bomber2")),                  # two decodes at once
+        (None, message_with(patch_size(small, 4096, 4096), 4096, 4096, "bomber")),  # tiny file, full-size decode
+        ("jpeg", [header, base64.b64encode(b"\xff\xd8" + rng.bytes(6_000_000))]),
+    ]
+
+
+def test_pc_memory_and_other_devices_under_bombs(procs, tmp_path):
+    """Peak RSS of the real PC.py stays under 500 MB whatever it is sent under its size limit, and a valid frame
+    from another device still arrives within 1 s of each bomb."""
+    from test_stream import valid_message
+
+    port, out = free_port(), tmp_path / "in"
+    receiver = pc(procs, port, f"--save={out}")
+    context = zmq.Context.instance()
+    bomber, good = context.socket(zmq.PUSH), context.socket(zmq.PUSH)
+    for s in (bomber, good):
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(f"tcp://127.0.0.1:{port}")
+    latencies = []
+    try:
+        for i, (reason, message) in enumerate(bomb_messages()):
+            bomber.send_multipart(message)
+            time.sleep(0.05)  # the bomb is on the wire (loopback: ~10 ms for 8 MB) before the good frame leaves
+            start = time.monotonic()
+            good.send_multipart(valid_message("good", i))
+            while time.monotonic() - start < 10:
+                lines = (out / "headers.jsonl").read_text().splitlines() if (out / "headers.jsonl").exists() else []
+                if any(json.loads(line)["device"] == "good" and json.loads(line)["frame"] == i for line in lines):
+                    break
+                time.sleep(0.005)
+            latencies.append(time.monotonic() - start)
+        deadline = time.monotonic() + 30  # the three large frames decode one after another on their own thread
+        while time.monotonic() < deadline and sum('"bomber' in line for line in (
+                out / "headers.jsonl").read_text().splitlines()) < 3:
+            time.sleep(0.1)
+        peak = vm_hwm_mb(receiver.proc.pid)
+        receiver.proc.send_signal(signal.SIGTERM)
+        rc, stdout, stderr = receiver.finish()
+    finally:
+        bomber.close()
+        good.close()
+    print(f"PC.py peak RSS {peak:.0f} MB; good-frame latency after each bomb (s): "
+          + ", ".join(f"{t:.3f}" for t in latencies))
+    assert rc == 0, stdout + stderr
+    assert peak < 500, f"PC.py peak RSS {peak:.0f} MB"
+    assert max(latencies) < 1.0, latencies
+    assert "size_mismatch 1" in stdout and "pixels 1" in stdout and "jpeg 1" in stdout, stdout
+    done = [json.loads(line) for line in (out / "headers.jsonl").read_text().splitlines()]
+    assert sum(h["device"].startswith("bomber") for h in done) == 3

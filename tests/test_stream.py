@@ -3,15 +3,20 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import stat
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 
 from conftest import free_port
-from crackseg.stream import (MessageError, Receiver, Sender, decode_message, device_name, encode_jpeg,
-                             encode_message, make_header, make_keys)
+import crackseg.stream as stream
+from crackseg.stream import (FrameSaver, MessageError, Receiver, Sender, check_message, decode_message, device_name,
+                             encode_jpeg, encode_message, jpeg_size, make_header, make_keys)
 
 
 def frame_image(h: int = 48, w: int = 64, value: int = 0) -> np.ndarray:
@@ -214,3 +219,218 @@ def test_make_keys_rejects_bad_names(tmp_path):
         make_keys(tmp_path, ["../x"])
     with pytest.raises(FileNotFoundError, match="server.key_secret"):
         Receiver(f"tcp://127.0.0.1:{free_port()}", curve_dir=tmp_path / "missing")
+
+
+# ---------------------------------------------------------------------------------------------- hardening
+def patch_size(jpeg: bytes, width: int, height: int) -> bytes:
+    """``jpeg`` with its frame header (SOF0) claiming ``width`` x ``height``: a decompression bomb in a few KB."""
+    at = jpeg.index(b"\xff\xc0")
+    out = bytearray(jpeg)
+    out[at + 5:at + 7], out[at + 7:at + 9] = height.to_bytes(2, "big"), width.to_bytes(2, "big")
+    return bytes(out)
+
+
+def message_with(jpeg: bytes, width: int, height: int, device: str = "cam1", frame: int = 0, **extra) -> list[bytes]:
+    header = {**make_header(device, frame, width, height), **extra}
+    return [json.dumps(header).encode(), base64.b64encode(jpeg)]
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Any pixel decoding fails the test: what must be refused is refused from the JPEG's header alone."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("cv2.imdecode called on a message that the JPEG header already rules out")
+
+    monkeypatch.setattr(stream.cv2, "imdecode", refuse)
+
+
+def test_jpeg_size_reads_the_frame_header_of_baseline_progressive_and_grey_jpegs(no_decoding):
+    import cv2
+
+    image = frame_image(40, 72)
+    for params, img in [([], image), ([cv2.IMWRITE_JPEG_PROGRESSIVE, 1], image),
+                        ([], cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))]:
+        ok, buf = cv2.imencode(".jpg", img, params)
+        assert ok and jpeg_size(buf.tobytes()) == (72, 40)
+
+
+def test_bombs_are_refused_before_any_pixel_is_decoded(no_decoding):
+    small = encode_jpeg(frame_image())  # 64x48
+    # the probe: a 30000x30000 frame header behind a message header claiming 64x48
+    with pytest.raises(MessageError) as info:
+        check_message(message_with(patch_size(small, 30000, 30000), 64, 48))
+    assert info.value.reason == "size_mismatch"
+    # header and JPEG agree, but on 16000x16000: above max_pixels (4096x4096 by default)
+    with pytest.raises(MessageError) as info:
+        check_message(message_with(patch_size(small, 16000, 16000), 16000, 16000))
+    assert info.value.reason == "pixels"
+    with pytest.raises(MessageError) as info:  # and a smaller cap
+        check_message(valid_message(), max_pixels=64 * 48 - 1)
+    assert info.value.reason == "pixels"
+    # structure: no frame header, thousands of scans, truncated, 12-bit samples
+    sof = small.index(b"\xff\xc0")
+    sof_len = int.from_bytes(small[sof + 2:sof + 4], "big")
+    for broken in [small[:sof] + small[sof + 2 + sof_len:],
+                   small[:-2] + (b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" + b"\x00" * 8) * 300 + b"\xff\xd9",
+                   small[:-200],
+                   small[:sof + 4] + b"\x0c" + small[sof + 5:]]:
+        with pytest.raises(MessageError) as info:
+            check_message(message_with(broken, 64, 48))
+        assert info.value.reason == "jpeg", str(info.value)
+    header, jpeg = check_message(valid_message())  # a good one still passes without decoding
+    assert header["width"] == 64 and jpeg == base64.b64decode(valid_message()[1])
+
+
+def test_unknown_header_fields_are_dropped():
+    header, _, _ = decode_message(message_with(encode_jpeg(frame_image()), 64, 48, run="r1", evil="x" * 1000,
+                                               nested={"a": [1, 2]}))
+    assert header["run"] == "r1" and "evil" not in header and "nested" not in header
+    assert set(header) <= set(stream.KNOWN_FIELDS)
+
+
+def push_socket(address: str):
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(address)
+    return push
+
+
+def drain(receiver: Receiver, seconds: float) -> list:
+    got, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        message = receiver.receive(timeout=0.1)
+        if message is not None:
+            got.append(message)
+    return got
+
+
+def test_devices_beyond_max_devices_are_refused_and_counted():
+    receiver = Receiver(f"tcp://127.0.0.1:{free_port()}", max_devices=3)
+    push = push_socket(receiver.address)
+    try:
+        for i in range(6):
+            push.send_multipart(valid_message(f"cam{i}", 0))
+        push.send_multipart(valid_message("cam0", 1))  # an admitted device keeps its place
+        got = drain(receiver, 2.0)
+        assert sorted((m.header["device"], m.header["frame"]) for m in got) == [
+            ("cam0", 0), ("cam0", 1), ("cam1", 0), ("cam2", 0)]
+        assert receiver.rejected["devices"] == 3 and set(receiver.devices) == {"cam0", "cam1", "cam2"}
+    finally:
+        push.close()
+        receiver.close()
+
+
+def test_status_line_summarises_beyond_20_devices():
+    receiver = Receiver(f"tcp://127.0.0.1:{free_port()}")
+    push = push_socket(receiver.address)
+    try:
+        for i in range(30):
+            push.send_multipart(valid_message(f"truck-{i:03d}", 0))
+        assert len(drain(receiver, 2.0)) == 30
+        line = receiver.summary()
+        assert line.startswith("30 devices: 30 frames") and len(line) < 300, line
+        assert "truck-029:" not in line
+    finally:
+        push.close()
+        receiver.close()
+
+
+def test_a_slow_decode_holds_up_only_its_own_device(monkeypatch):
+    real = stream.decode_jpeg
+
+    def slow_for_one(header, jpeg):
+        if header["device"] == "slow":
+            time.sleep(3.0)
+        return real(header, jpeg)
+
+    monkeypatch.setattr(stream, "decode_jpeg", slow_for_one)
+    receiver = Receiver(f"tcp://127.0.0.1:{free_port()}")
+    push = push_socket(receiver.address)
+    try:
+        push.send_multipart(valid_message("slow", 0))
+        push.send_multipart(valid_message("slow", 1))
+        time.sleep(0.1)
+        start = time.monotonic()
+        push.send_multipart(valid_message("fast", 0))
+        got = receiver.receive(timeout=2.5)
+        assert got is not None and got.header["device"] == "fast"
+        assert time.monotonic() - start < 1.0
+        rest = drain(receiver, 7.0)
+        assert [m.header["frame"] for m in rest] == [0, 1]  # the slow device's frames, still in order
+    finally:
+        push.close()
+        receiver.close()
+
+
+def test_frame_saver_never_overwrites(tmp_path):
+    jpeg = encode_jpeg(frame_image())
+    saver = FrameSaver(tmp_path)
+    try:
+        first = saver.save(make_header("cam1", 0, 64, 48, run="runA"), jpeg)
+        second = saver.save(make_header("cam1", 0, 64, 48, run="runB"), jpeg)  # same device and frame, new run
+        assert first == "cam1/runA-00000000.jpg" and second == "cam1/runB-00000000.jpg"
+        old = [saver.save(make_header("cam1", 5, 64, 48), jpeg) for _ in range(3)]  # no run (older sender)
+        assert old == ["cam1/00000005.jpg", "cam1/00000005-1.jpg", "cam1/00000005-2.jpg"]
+        (tmp_path / "cam1" / "runC-00000000.jpg").write_bytes(b"user's file")
+        assert saver.save(make_header("cam1", 0, 64, 48, run="runC"), jpeg) == "cam1/runC-00000000-1.jpg"
+        assert (tmp_path / "cam1" / "runC-00000000.jpg").read_bytes() == b"user's file"
+    finally:
+        saver.close()
+    lines = [json.loads(line) for line in (tmp_path / "headers.jsonl").read_text().splitlines()]
+    assert [line["file"] for line in lines] == [first, second, *old, "cam1/runC-00000000-1.jpg"]
+    assert not list(tmp_path.rglob(".*"))
+    with pytest.raises(FileExistsError):
+        FrameSaver(tmp_path / "headers.jsonl")
+
+
+def test_sender_stamps_its_run_id():
+    a, b = Sender(f"tcp://127.0.0.1:{free_port()}"), Sender(f"tcp://127.0.0.1:{free_port()}")
+    try:
+        assert a.run != b.run and stream.DEVICE_PATTERN.fullmatch(a.run)
+        a.send(make_header("cam1", 0, 64, 48), encode_jpeg(frame_image()))
+        assert json.loads(a.pending[0][0])["run"] == a.run
+    finally:
+        a.close(timeout=0)
+        b.close(timeout=0)
+
+
+def public_key(path: Path) -> bytes:
+    import zmq.auth
+
+    return zmq.auth.load_certificate(path)[0]
+
+
+def test_make_keys_keeps_the_server_key_and_adds_only_missing_clients(tmp_path):
+    keys = tmp_path / "keys"
+    make_keys(keys, ["cam1"])
+    server = public_key(keys / "pc" / "server.key_secret")
+    cam1 = public_key(keys / "cam1" / "client.key_secret")
+    made = make_keys(keys, ["cam1", "cam2"])  # add a device to a deployed set
+    assert set(made) == {"pc", "cam1", "cam2"}
+    assert public_key(keys / "pc" / "server.key_secret") == server, "the deployed devices would be locked out"
+    assert public_key(keys / "cam1" / "client.key_secret") == cam1
+    assert public_key(keys / "cam2" / "server.key") == server
+    assert {p.name for p in (keys / "pc" / "authorized_clients").iterdir()} == {"cam1.key", "cam2.key"}
+    make_keys(keys, ["cam1"], new_server_key=True)
+    renewed = public_key(keys / "pc" / "server.key_secret")
+    assert renewed != server
+    for client in ("cam1", "cam2"):  # every device's copy of the server key follows
+        assert public_key(keys / client / "server.key") == renewed
+    assert public_key(keys / "cam1" / "client.key_secret") == cam1
+
+
+def test_secret_keys_are_owner_only_from_the_first_byte(tmp_path, monkeypatch):
+    # No chmod after the fact: a file readable by others while it is written counts as leaked.
+    monkeypatch.setattr(Path, "chmod", lambda self, mode: None)
+    monkeypatch.setattr(os, "chmod", lambda *a, **k: None)
+    old = os.umask(0o022)
+    try:
+        make_keys(tmp_path / "keys", [f"cam{i}" for i in range(20)])
+    finally:
+        os.umask(old)
+    secrets_ = list((tmp_path / "keys").rglob("*.key_secret"))
+    assert len(secrets_) == 21
+    for path in secrets_:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for folder in [tmp_path / "keys", *(p for p in (tmp_path / "keys").rglob("*") if p.is_dir())]:
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
