@@ -37,6 +37,7 @@ save = ""                         # folder for overlay images, or a .mp4 / .avi 
 max_frames = 0                    # stop after this many frames (0: until the source ends)
 fps_limit = 0.0                   # pace the loop to at most this many frames per second (0: as fast as it runs)
 send = ""                         # stream to PC.py, e.g. tcp://192.168.1.10:5555
+preview = ""                      # serve PC.py's live page for this stream alone, e.g. 127.0.0.1:8081 ("" = none)
 device = ""                       # device name in the stream; "" = this host's name
 curve = ""                        # CURVE key folder (client.key_secret + server.key) from PC.py --make_keys
 send_queue = 4                    # frames waiting for the network; the oldest is dropped beyond this
@@ -63,7 +64,9 @@ def open_window() -> bool:
         cv2.namedWindow("crack", cv2.WINDOW_NORMAL)
         return True
     except cv2.error:
-        print("no display (OpenCV without GUI support, or no $DISPLAY): running headless", flush=True)
+        print("no display (OpenCV without GUI support, or no $DISPLAY): no window"
+              + ("; the --preview page shows the stream" if preview
+                 else "; --preview=127.0.0.1:8081 shows it in a browser"), flush=True)
         return False
 
 
@@ -105,9 +108,26 @@ def run() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"model: {engine.describe()}; source: {frames.kind} {source}; device: {name}", flush=True)
+    page = None
+    if preview:
+        try:
+            from crackseg.dashboard import Preview
+
+            page = Preview(preview, name)
+            print(f"preview: {page.start()}", flush=True)
+        except (ImportError, RuntimeError) as exc:  # no aiohttp, or DashboardError: bad address, port taken
+            frames.close()
+            if sender:
+                sender.close(timeout=0)
+            engine.close()
+            print(f"error: --preview={preview}: {exc}", file=sys.stderr)
+            return 1
     saver = OverlaySaver(save, frames.fps) if save else None
     show = not headless and open_window()
-    pipeline = FramePipeline(engine, max_side=max_side, saver=saver, send=sender.send if sender else None,
+    outlet = sender.send if sender else None
+    if page:
+        outlet = page.outlet(outlet)  # every frame to the page, then to PC.py
+    pipeline = FramePipeline(engine, max_side=max_side, saver=saver, send=outlet,
                              device=name, jpeg_quality=jpeg_quality, overlap=overlap, measure=measure)
     # islice: no frame beyond --max_frames is read or inferred, even one ahead on the helper thread.
     results = pipeline.results(islice(frames.frames(), max_frames or None))
@@ -144,6 +164,8 @@ def run() -> int:
         if sender:
             sender.close()
         engine.close()
+        if page:
+            page.close()
         if show:
             cv2.destroyAllWindows()
     elapsed = max(time.monotonic() - started, 1e-6)
