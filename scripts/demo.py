@@ -4,7 +4,8 @@
 2. the model: the shipped ``weights/student.onnx`` when it exists, else a student trained here for a few epochs
    (Train_1_Step.py) and exported (TensorRT.py);
 3. evaluate.py on the synthetic images (metrics table + JSON);
-4. PC.py listening on loopback, camera.py running the video headless, saving overlays and streaming them.
+4. PC.py listening on loopback (its live page on a free loopback port, URL printed), camera.py running the video
+   headless, saving overlays and streaming them.
 
 Everything lands in demo_out/ (see the summary printed at the end).
 """
@@ -61,7 +62,7 @@ def main() -> None:
     address = f"tcp://127.0.0.1:{free_port()}"
     shutil.rmtree(OUT / "received", ignore_errors=True)  # PC.py appends to headers.jsonl: count this run only
     receiver = subprocess.Popen([PY, "PC.py", f"--bind={address}", "--headless", f"--save={OUT / 'received'}",
-                                 f"--max_frames={FRAMES}", "--max_seconds=120"], cwd=ROOT)
+                                 f"--max_frames={FRAMES}", "--max_seconds=120", "--http=127.0.0.1:0"], cwd=ROOT)
     time.sleep(1.0)
     run("camera.py", f"--source={OUT / 'road.mp4'}", f"--model={model}", "--headless",
         f"--save={OUT / 'overlays'}", f"--send={address}", "--device=demo", f"--max_frames={FRAMES}")
