@@ -120,7 +120,8 @@ def run() -> int:
             if sender:
                 sender.close(timeout=0)
             engine.close()
-            print(f"error: --preview={preview}: {exc}", file=sys.stderr)
+            print(f"error: {exc}" if isinstance(exc, RuntimeError)
+                  else f"error: --preview needs aiohttp (pip install aiohttp==3.14.5): {exc}", file=sys.stderr)
             return 1
     saver = OverlaySaver(save, frames.fps) if save else None
     show = not headless and open_window()
