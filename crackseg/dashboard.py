@@ -44,18 +44,18 @@ class DashboardError(RuntimeError):
     """A dashboard that cannot be served (bad address, port taken); one line."""
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` for IPv6) -> (host, port); raises ``DashboardError``."""
+def parse_address(text: str, flag: str = "--http") -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) -> (host, port); raises ``DashboardError`` naming ``flag``."""
     host, sep, port = text.strip().rpartition(":")
     host = host.strip("[]")
     if not sep or not host:
-        raise DashboardError(f"--http={text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080 (\"\" turns it off)")
+        raise DashboardError(f"{flag}={text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080 (\"\" turns it off)")
     try:
         number = int(port)
     except ValueError:
         number = -1
     if not 0 <= number <= 65535:
-        raise DashboardError(f"--http={text!r}: port {port!r} is not 0-65535")
+        raise DashboardError(f"{flag}={text!r}: port {port!r} is not 0-65535")
     return host, number
 
 
@@ -166,9 +166,10 @@ class DashboardState:
 class Dashboard:
     """aiohttp server for a ``DashboardState`` on its own thread and event loop."""
 
-    def __init__(self, state: DashboardState, address: str = "127.0.0.1:8080", token: str | None = None):
-        self.state = state
-        self.host, self.port = parse_address(address)
+    def __init__(self, state: DashboardState, address: str = "127.0.0.1:8080", token: str | None = None,
+                 flag: str = "--http"):
+        self.state, self.flag = state, flag
+        self.host, self.port = parse_address(address, flag)
         self.token = token or None
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -186,7 +187,7 @@ class Dashboard:
         if not ready.wait(30):
             raise DashboardError(f"http://{self.host}:{self.port}: the web server did not start in 30 s")
         if self._error is not None:
-            raise DashboardError(f"--http={self.host}:{self.port}: cannot listen ({self._error})")
+            raise DashboardError(f"{self.flag}={self.host}:{self.port}: cannot listen ({self._error})")
         shown = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"http://{shown}:{self.port}/" + (f"?token={self.token}" if self.token else "")
         return self.url
@@ -475,9 +476,10 @@ class Preview:
     """
 
     def __init__(self, address: str, device: str, token: str | None = None):
-        host, _ = parse_address(address)
+        host, _ = parse_address(address, "--preview")
         self.state = DashboardState(title=f"camera.py {device}")
-        self.page = Dashboard(self.state, address, token or (None if is_loopback(host) else new_token()))
+        self.page = Dashboard(self.state, address, token or (None if is_loopback(host) else new_token()),
+                              flag="--preview")
 
     def start(self) -> str:
         return self.page.start()

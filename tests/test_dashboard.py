@@ -194,6 +194,10 @@ def test_camera_without_a_gui_points_at_preview(procs, media, tiny_model):
     assert rc == 0, stdout + stderr
     lines = [line for line in stdout.splitlines() if line.startswith("no display")]
     assert len(lines) == 1 and "--preview=127.0.0.1:8081" in lines[0], stdout
+    rc, stdout, stderr = camera(procs, media["images"], tiny_model["onnx"], "--preview=nonsense",
+                                "--max_frames=1").finish()
+    assert rc == 1 and "Traceback" not in stderr, stdout + stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: --preview='nonsense': expected HOST:PORT"), stderr
 
 
 # ---------------------------------------------------------------------------------------------- browser
