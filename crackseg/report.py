@@ -174,11 +174,14 @@ def thumbnail(image: np.ndarray | None, measurement: Measurement, colours: dict,
         contours, _ = cv2.findContours(around, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
         scaled = [np.round(c * scale).astype(np.int32) for c in contours]
         cv2.drawContours(thumb, scaled, -1, colour, 1, cv2.LINE_AA)
+        # the number just above-left of the crack's pixel nearest its bounding box's top-left corner
         x, y, bw, bh = crack.bbox
+        ys, xs = np.nonzero(measurement.crack_mask(crack)[y:y + bh, x:x + bw])
+        k = int(np.argmin(xs + ys))
         label = str(crack.id)
         (lw, lh), _ = cv2.getTextSize(label, font, fscale, 1)
-        px = int(np.clip(round(x * scale) - lw - 2, 0, tw - lw - 2))
-        py = int(np.clip(round(y * scale) + lh + 2, lh + 2, th - 2))
+        px = int(np.clip(round((x + xs[k]) * scale) - lw - 4, 0, tw - lw - 2))
+        py = int(np.clip(round((y + ys[k]) * scale) - 2, lh + 2, th - 2))
         cv2.rectangle(thumb, (px - 1, py - lh - 3), (px + lw + 2, py + 3), colour, -1)
         cv2.putText(thumb, label, (px, py), font, fscale, (255, 255, 255), 1, cv2.LINE_AA)
     return thumb
@@ -359,14 +362,14 @@ class SurveyReport:
                 f'<td>{r[f"length_{u}"]:.1f}</td><td>{r[f"mean_width_{u}"]:.1f}</td><td>{r[f"max_width_{u}"]:.1f}</td>'
                 f'<td>{r[f"p90_width_{u}"]:.1f}</td><td>{r[f"area_{u}2"]:.0f}</td><td>{r["orientation_deg"]:.0f}</td>'
                 f'</tr>' for r in rec.rows)
-            crack_table = (f'<table class="cracks"><tr><th>#</th><th>type</th><th>severity</th><th>length</th>'
-                           f'<th>mean w</th><th>max w</th><th>p90 w</th><th>area ({u}²)</th><th>orient. °</th></tr>'
-                           f'{table}</table>') if rec.rows else '<p class="none">no cracks</p>'
+            crack_table = (f'<table class="cracks"><tr><th>#</th><th>type</th><th>severity</th><th>length ({u})'
+                           f'</th><th>mean w</th><th>max w</th><th>p90 w ({u})</th><th>area ({u}²)</th>'
+                           f'<th>orient. °</th></tr>{table}</table>') if rec.rows else '<p class="none">no cracks</p>'
             thumb = base64.b64encode(rec.thumb_jpeg).decode("ascii")
+            counts = f'{_plural(rec.summary["cracks"], "crack")} · {100 * rec.summary["crack_ratio"]:.2f} % crack'
             sections.append(
                 f'<section class="image" id="img-{esc(rec.name)}"><h3>{esc(rec.name)} <small>{rec.width}×{rec.height}'
-                f' px · {rec.summary["cracks"]} cracks · {100 * rec.summary["crack_ratio"]:.2f} % crack · worst '
-                f'{esc(rec.summary["worst_severity"] or "none")}</small></h3><div class="row">'
+                f' px · {counts} · worst {esc(rec.summary["worst_severity"] or "none")}</small></h3><div class="row">'
                 f'<img class="thumb" alt="{esc(rec.name)}" src="data:image/jpeg;base64,{thumb}">{crack_table}'
                 f'</div></section>')
         title = esc(str(self.meta.get("title") or "Crack survey"))
@@ -374,7 +377,7 @@ class SurveyReport:
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <meta name="generator" content="{GENERATOR}">
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 1.2em auto; max-width: 1100px; color: #222; padding: 0 1em; }}
+body {{ font-family: system-ui, sans-serif; margin: 1.2em auto; max-width: 1240px; color: #222; padding: 0 1em; }}
 h1 {{ margin-bottom: 0.1em; }} .unit {{ background: #fff4d6; padding: 0.4em 0.7em; border-radius: 4px; }}
 table {{ border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }} th {{ background: #f2f2f2; }}
@@ -382,14 +385,15 @@ table.settings td, table.settings th {{ text-align: left; }}
 .sev {{ display: inline-block; min-width: 1.4em; text-align: center; color: #fff; border-radius: 3px;
         padding: 0 0.3em; font-weight: bold; }}
 .plots {{ display: flex; flex-wrap: wrap; gap: 1em; }}
-.row {{ display: flex; gap: 1em; align-items: flex-start; flex-wrap: wrap; }}
+.row {{ display: flex; gap: 1em; align-items: flex-start; overflow-x: auto; }} .row > table {{ flex: none; margin-top: 0; }} table.cracks th {{ white-space: nowrap; }}
 .thumb {{ border: 1px solid #999; max-width: {self.thumb_px}px; }}
 section.image {{ border-top: 1px solid #ddd; margin-top: 0.8em; }} .none {{ color: #777; }}
 </style></head><body>
 <h1>{title}</h1>
 <p class="unit" id="unit">Units: {esc(self._unit_note())}.</p>
 <h2 id="summary">Summary</h2>
-<p>{totals['images']} images, {totals['images_with_cracks']} with cracks; {totals['cracks']} cracks,
+<p>{_plural(totals['images'], 'image')}, {totals['images_with_cracks']} with cracks;
+{_plural(totals['cracks'], 'crack')},
 {totals[f'length_{u}']:.0f} {u} in all. Severity ({esc(settings.severity.name)}, by mean width): {legend}
 <small>{esc(settings.severity.describe())} {u}</small></p>
 <table class="summary"><tr><th>total length ({u}) (count)</th>{head}<th>all</th></tr>{''.join(body)}</table>
@@ -402,6 +406,10 @@ orientation counter-clockwise from the image's x axis; type relative to the dire
 ({esc(settings.travel)}).</small></p>
 </body></html>
 """
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _csv(fields: list[str], rows: list[dict]) -> str:
