@@ -273,3 +273,11 @@ def test_page_in_headless_chromium(made, tmp_path):
         assert image is not None and image.shape[0] > 400 and image.std() > 10  # not a blank page
     finally:
         driver.quit()
+
+
+def test_report_side_never_imports_tensorflow():
+    code = ("import sys; import crackseg.report, crackseg.measure, crackseg.pipeline; "
+            "bad = [m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
