@@ -65,6 +65,9 @@ def run() -> int:
     if bool(source) == bool(masks):
         print("error: give --source=DIR|VIDEO (with --model) or --masks=DIR, one of them", file=sys.stderr)
         return 2
+    if images and not masks:
+        print("error: --images goes with --masks (with --source the photos are the source)", file=sys.stderr)
+        return 2
     engine = frames = None
     try:
         settings = MeasureSettings(mm_per_px=mm_per_px or None, travel=travel, severity=severity, gap_px=gap_px,

@@ -177,6 +177,7 @@ def test_an_earlier_report_is_replaced(survey, tmp_path):
 @pytest.mark.parametrize("args, words", [
     ([], "--source"),
     (["--masks=masks", "--source=x"], "one of them"),
+    (["--source={images}", "--images={images}"], "--images goes with --masks"),
     (["--source=/nonexistent/folder"], "not a camera index"),
     (["--masks=/nonexistent/masks"], "not a folder"),
     (["--masks={masks}", "--severity=iso"], "severity"),
