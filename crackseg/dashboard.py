@@ -388,9 +388,9 @@ function draw(d) {
   const t0 = p[0][0], t1 = Math.max(p[p.length - 1][0], t0 + 1);
   const series = [[1, "#f55", 100], [2, "#5af", 1]];
   for (const [k, color, scale] of series) {
-    let top = 0;
-    for (const q of p) top = Math.max(top, q[k] * scale);
-    top = top > 0 ? top * 1.1 : 1;
+    let peak = 0;
+    for (const q of p) peak = Math.max(peak, q[k] * scale);
+    const top = peak > 0 ? peak * 1.1 : 1;
     g.strokeStyle = color; g.lineWidth = 2; g.beginPath();
     p.forEach((q, i) => {
       const x = (q[0] - t0) / (t1 - t0) * (w - 4) + 2, y = h - 2 - (q[k] * scale) / top * (h - 14);
@@ -398,7 +398,7 @@ function draw(d) {
     });
     g.stroke();
     g.fillStyle = color; g.font = "11px sans-serif";
-    g.fillText((k === 1 ? "max " + top.toFixed(2) + " %" : "max " + top.toFixed(0) + " px"), k === 1 ? 4 : w / 2, 11);
+    g.fillText((k === 1 ? "max " + peak.toFixed(2) + " %" : "max " + peak.toFixed(0) + " px"), k === 1 ? 4 : w / 2, 11);
   }
 }
 

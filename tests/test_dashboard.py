@@ -251,6 +251,21 @@ def test_browser_shows_two_live_devices(procs, media, tiny_model, browser, tmp_p
     WebDriverWait(browser, 10).until(lambda d: d.execute_script(
         "return [...document.querySelectorAll('.tile img')].every(i => i.complete && i.naturalWidth > 0);"))
     assert browser.find_element(By.CSS_SELECTOR, '.tile[data-device="cam-a"] .state').text == "online"
+    drawn = browser.execute_script("""
+        const c = document.querySelector('.tile[data-device="cam-b"] canvas');
+        const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i]) n++; return n;""")
+    assert drawn > 200, "the chart is blank"
+    import zmq
+
+    push = zmq.Context.instance().socket(zmq.PUSH)  # a malformed message shows up in the rejected totals
+    push.setsockopt(zmq.LINGER, 1000)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    push.send_multipart([b"{not json", b"xx"])
+    push.close()
+    WebDriverWait(browser, 15).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#rejected .r-header_json")
+        and d.find_element(By.CSS_SELECTOR, "#rejected .r-header_json").text == "header_json 1")
     assert browser.find_element(By.ID, "conn").text == "live"
     shot = tmp_path / "dashboard.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 5000
