@@ -81,6 +81,16 @@ def test_api_devices_frame_and_events(page):
     assert event["rejected"] == {"jpeg": 3, "size_mismatch": 1} and "latency_ms" in event["devices"][0]
 
 
+def test_devices_go_offline_when_frames_stop():
+    state = DashboardState(online_seconds=0.3)
+    feed(state, "cam1", 1)
+    assert state.api_devices()["devices"][0]["online"] is True
+    time.sleep(0.4)
+    device = state.api_devices()["devices"][0]
+    assert device["online"] is False and time.time() - device["last_seen"] >= 0.3
+    assert state.changes({})["devices"][0]["online"] is False
+
+
 def test_only_loopback_host_names_are_answered_without_a_token(page):
     _, dashboard, _ = page
     connection = http.client.HTTPConnection("127.0.0.1", dashboard.port, timeout=10)
@@ -155,7 +165,7 @@ def test_the_receive_side_never_waits_on_a_stalled_page(page):
             s.close()
 
 
-def test_pc_page_needs_a_token_with_curve(procs, tmp_path):
+def test_pc_page_needs_a_token_with_curve_or_a_non_loopback_address(procs, tmp_path):
     keys = make_keys(tmp_path / "keys", ["cam1"])
     port, web = free_port(), free_port()
     script = pc(procs, port, f"--curve={keys['pc']}", f"--http=127.0.0.1:{web}", "--max_seconds=20")
@@ -167,6 +177,21 @@ def test_pc_page_needs_a_token_with_curve(procs, tmp_path):
     script.proc.terminate()
     rc, stdout, stderr = script.finish()
     assert rc == 0 and "done: 0 valid frames" in stdout, (rc, stdout, stderr)
+    # any non-loopback --http too, even without --curve
+    script = pc(procs, free_port(), "--http=0.0.0.0:0", "--max_seconds=20")
+    line = next(line for line in script.out if line.startswith("dashboard:"))
+    assert "?token=" in line and "token required" in line, line
+    web = int(line.split("?token=")[0].rstrip("/").rsplit(":", 1)[1])
+    assert get(f"http://127.0.0.1:{web}/api/devices")[0] == 401
+    script.proc.terminate()
+    assert script.finish()[0] == 0
+    # and a token given by --http_token is the one asked for
+    script = pc(procs, free_port(), "--http=127.0.0.1:0", "--http_token=my-own-token", "--max_seconds=20")
+    line = next(line for line in script.out if line.startswith("dashboard:"))
+    web = int(line.split("?token=")[0].rstrip("/").rsplit(":", 1)[1])
+    assert line.split("?token=")[1].split()[0] == "my-own-token"
+    assert get(f"http://127.0.0.1:{web}/api/devices", {"Authorization": "Bearer my-own-token"})[0] == 200
+    assert get(f"http://127.0.0.1:{web}/api/devices")[0] == 401
 
 
 def test_camera_preview_serves_its_own_stream(procs, media, tiny_model):

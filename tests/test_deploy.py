@@ -410,7 +410,7 @@ def test_pc_memory_and_other_devices_under_bombs(procs, tmp_path):
     from test_stream import valid_message
 
     port, out = free_port(), tmp_path / "in"
-    receiver = pc(procs, port, f"--save={out}")
+    receiver = pc(procs, port, f"--save={out}", "--http=127.0.0.1:0")  # the page holds each device's latest JPEG
     context = zmq.Context.instance()
     bomber, good = context.socket(zmq.PUSH), context.socket(zmq.PUSH)
     for s in (bomber, good):
