@@ -160,7 +160,9 @@ def format_stats(stats: dict) -> str:
 #    degrees average to 0), in degrees counter-clockwise from the image's x axis (0 = horizontal, 90 = vertical), in
 #    [0, 180).
 # 6. Type: ``network`` (block / fatigue cracking) when the crack encloses at least ``NETWORK_CELLS`` cells (holes of at
-#    least ``MIN_CELL_PX`` pixels, bridges included) or has at least ``NETWORK_JUNCTIONS`` branch points; otherwise
+#    least ``MIN_CELL_PX`` pixels and (``CELL_WIDTHS`` x its mean width)^2, bridges included) or has at least
+#    ``NETWORK_JUNCTIONS`` branch points (where three or more branches at least ``BRANCH_WIDTHS`` mean widths long
+#    meet: the side shoots of a blotchy mask's centre line are not branches); otherwise
 #    by the angle between its orientation and the direction of travel (``travel="vertical"``: travel runs up the
 #    image): within ``LONGITUDINAL_DEG`` longitudinal, beyond ``TRANSVERSE_DEG`` transverse, between them diagonal.
 # 7. Severity: the crack's mean width in millimetres through a named table (``SEVERITY_TABLES``) or custom edges.
@@ -170,7 +172,9 @@ def format_stats(stats: dict) -> str:
 RESAMPLE_PX = 4           # chord length, in skeleton pixels, of the polyline a branch's length is measured on
 NETWORK_CELLS = 2         # enclosed cells that make a crack a network
 NETWORK_JUNCTIONS = 5     # branch points that make a crack a network
-MIN_CELL_PX = 64          # smallest hole counted as a cell (smaller ones are pinholes in a wide crack)
+MIN_CELL_PX = 64          # smallest hole counted as a cell, and at least (CELL_WIDTHS x mean width)^2: smaller
+CELL_WIDTHS = 3.0         # holes are pinholes in a wide crack, not blocks between cracks
+BRANCH_WIDTHS = 3.0       # a branch point counts when 3+ branches at least this many mean widths long meet there
 LONGITUDINAL_DEG = 30.0   # at most this far from the direction of travel: longitudinal
 TRANSVERSE_DEG = 60.0     # at least this far from it: transverse (between the two: diagonal)
 TRAVEL = ("vertical", "horizontal")
@@ -528,19 +532,33 @@ class _Union:
         self.parent[self.find(a)] = self.find(b)
 
 
-def _count_junctions(graph: _Graph, members: np.ndarray) -> int:
-    """Branch points (clumps of junction pixels) among ``members`` (pixel indices)."""
-    clumps = graph.clump[members]
-    return int(np.unique(clumps[clumps > 0]).size)
+def _count_junctions(branches: list[tuple[float, int, int]], mean_width: float) -> int:
+    """Branch points where at least three branches of ``BRANCH_WIDTHS`` mean widths or more meet (rule 6).
+    ``branches``: (length, clump at one end, clump at the other; 0 = a free end). Clumps joined by a shorter branch
+    are one branch point (thinning splits a wide crossing into two nearby ones)."""
+    long_enough = max(BRANCH_WIDTHS * mean_width, 2.0)
+    clumps = {c for _, a, b in branches for c in (a, b) if c}
+    if not clumps:
+        return 0
+    union = _Union(max(clumps) + 1)
+    for length, a, b in branches:
+        if a and b and length < long_enough:
+            union.union(a, b)
+    arms: dict[int, int] = {}
+    for length, a, b in branches:
+        if length >= long_enough:
+            for c in {union.find(x) for x in (a, b) if x}:
+                arms[c] = arms.get(c, 0) + 1
+    return sum(1 for n in arms.values() if n >= 3)
 
 
-def _count_cells(region: np.ndarray) -> int:
-    """Holes of at least ``MIN_CELL_PX`` pixels in a crack's own mask (a crop)."""
+def _count_cells(region: np.ndarray, min_area: float = MIN_CELL_PX) -> int:
+    """Holes of at least ``min_area`` pixels in a crack's own mask (a crop)."""
     contours, hierarchy = cv2.findContours(np.pad(region, 1).astype(np.uint8), cv2.RETR_CCOMP,
                                            cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return 0
-    return sum(1 for c, h in zip(contours, hierarchy[0]) if h[3] >= 0 and cv2.contourArea(c) >= MIN_CELL_PX)
+    return sum(1 for c, h in zip(contours, hierarchy[0]) if h[3] >= 0 and cv2.contourArea(c) >= min_area)
 
 
 def crack_type(orientation_deg: float, travel: str = "vertical", junctions: int = 0, cells: int = 0) -> str:
@@ -616,7 +634,7 @@ def measure_cracks(mask: np.ndarray, settings: MeasureSettings | None = None) ->
     members_of = np.split(order, splits)
     cracks = []
     for root, labels in groups.items():
-        length, chord_sum, widths = 0.0, 0j, []
+        length, chord_sum, widths, branches = 0.0, 0j, [], []
         for label in labels:
             for chain in branch_of_piece.get(label, []):
                 widths.append(_chain_widths(graph.points(chain), distance)[_away_from_junctions(graph, chain,
@@ -625,6 +643,7 @@ def measure_cracks(mask: np.ndarray, settings: MeasureSettings | None = None) ->
                 d = np.diff(pts, axis=0)
                 seg = np.hypot(d[:, 0], d[:, 1])
                 length += float(seg.sum())
+                branches.append((float(seg.sum()), int(graph.clump[chain[0]]), int(graph.clump[chain[-1]])))
                 # doubled-angle sum, y up: a chord of length L at angle a adds L e^{2ia}
                 chord_sum += complex(np.sum(seg * np.exp(2j * np.arctan2(-d[:, 1], d[:, 0]))))
         if length < settings.min_length_px:
@@ -637,10 +656,10 @@ def measure_cracks(mask: np.ndarray, settings: MeasureSettings | None = None) ->
         x1 = max(boxes[l][0] + boxes[l][2] for l in labels)
         y1 = max(boxes[l][1] + boxes[l][3] for l in labels)
         crop = np.isin(pieces[y0:y1, x0:x1], labels) | bridged[y0:y1, x0:x1].astype(bool)
-        junctions = _count_junctions(graph, members)
-        cells = _count_cells(crop)
-        orientation = round(math.degrees(0.5 * np.angle(chord_sum)), 2) % 180.0 if chord_sum else 0.0
         mean_width = float(widths.mean())
+        junctions = _count_junctions(branches, mean_width)
+        cells = _count_cells(crop, max(MIN_CELL_PX, (CELL_WIDTHS * mean_width) ** 2))
+        orientation = round(math.degrees(0.5 * np.angle(chord_sum)), 2) % 180.0 if chord_sum else 0.0
         if settings.graded:
             severity, level = settings.severity.grade(mean_width * settings.scale)
         else:
