@@ -307,3 +307,15 @@ def test_camera_pipeline_streams_millimetres_and_the_worst_severity():
                                   overlap=False).results([("f0", frame)]))
     assert set(headers[-1]["stats"]) == {"crack_ratio", "length_px", "max_width_px", "components", "fps", "infer_ms"}
     assert "length_mm" not in plain.stats
+
+
+def test_a_blotchy_single_crack_is_not_a_network():
+    """A model's mask of one crack: bulges, pinholes and short side shoots, but no blocks between cracks."""
+    mask = tube((400, 200), [[(100, 20), (100, 380)]], 5)
+    for k, y in enumerate(range(50, 360, 40)):
+        cv2.circle(mask.view(np.uint8), (100 + (4 if k % 2 else -4), y), 9, 1, -1)          # bulges
+        cv2.line(mask.view(np.uint8), (100, y + 15), (100 + (14 if k % 2 else -14), y + 22), 1, 3)  # side shoots
+    mask[118:122, 99:102] = False                                                        # a pinhole
+    (crack,) = measure_cracks(mask, MM).cracks
+    assert crack.type == "longitudinal"
+    assert crack.cells == 0 and crack.junctions < 5
