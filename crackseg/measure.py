@@ -149,13 +149,15 @@ def format_stats(stats: dict) -> str:
 # 2. Gap bridging (segmentation breaks thin cracks into pieces). Two pieces are one crack when a free end of one
 #    piece's centre line comes within ``gap_px`` pixels (Euclidean, to the nearest crack pixel) of the other piece.
 #    Applied transitively; the gap itself adds nothing to length or area but closes cells (rule 6).
-# 3. Length: the centre line split into branches (between free ends and junctions); each branch is resampled every
-#    ``RESAMPLE_PX`` pixels along its pixel chain and measured as that polyline, which removes the ~8 % bias of
-#    counting 1 / sqrt(2) per step on oblique lines. Cracks shorter than ``min_length_px`` are dropped (specks);
-#    they still count in the frame's crack ratio.
-# 4. Width at a centre-line pixel: 2 x its distance to the background - 1 (the distance transform reaches the
-#    nearest background pixel's centre, half a pixel beyond the crack's edge on each side), junction pixels left out.
-#    Mean, max and 90th percentile over the crack's centre line.
+# 3. Length: the centre line split into branches (between free ends and branch points, each carried on to the centre
+#    of the clump of junction pixels it meets); each branch is resampled every ``RESAMPLE_PX`` pixels along its
+#    pixel chain and measured as that polyline, which removes the ~8 % bias of counting 1 / sqrt(2) per step on
+#    oblique lines. Cracks shorter than ``min_length_px`` are dropped (specks); they still count in the crack ratio.
+# 4. Width at a centre-line pixel: 2 x the distance transform on the crack's ridge - 1. The ridge height comes from
+#    the pixel's distance and its neighbours' across the crack (``_chain_widths``: an even width has no centre pixel,
+#    and the pixel beside the ridge would read one pixel short); the - 1 because the distance reaches the nearest
+#    background pixel's centre, half a pixel beyond the edge on each side. Pixels within reach of a branch point are
+#    left out (they read the combined width of the cracks that meet). Mean, max and 90th percentile per crack.
 # 5. Orientation: the length-weighted mean direction of the resampled chords (doubled-angle mean, so 10 and 170
 #    degrees average to 0), in degrees counter-clockwise from the image's x axis (0 = horizontal, 90 = vertical), in
 #    [0, 180).
