@@ -319,3 +319,37 @@ def test_a_blotchy_single_crack_is_not_a_network():
     (crack,) = measure_cracks(mask, MM).cracks
     assert crack.type == "longitudinal"
     assert crack.cells == 0 and crack.junctions < 5
+
+
+def test_thinning_matches_zhang_suen_written_out_per_pixel():
+    """The table-driven thinning against the textbook rule, pixel by pixel, on random blobs and drawn cracks."""
+    from crackseg.measure import _zhang_suen
+
+    def reference(img):
+        img = np.pad(img.astype(np.uint8), 1)
+        while True:
+            changed = False
+            for step in (0, 1):
+                delete = []
+                for y, x in zip(*np.nonzero(img)):
+                    p = [img[y - 1, x], img[y - 1, x + 1], img[y, x + 1], img[y + 1, x + 1], img[y + 1, x],
+                         img[y + 1, x - 1], img[y, x - 1], img[y - 1, x - 1]]            # P2 .. P9
+                    p2, p3, p4, p5, p6, p7, p8, p9 = p
+                    transitions = sum(p[i] == 0 and p[(i + 1) % 8] == 1 for i in range(8))
+                    cond = (p2 * p4 * p6 == 0 and p4 * p6 * p8 == 0) if step == 0 else \
+                        (p2 * p4 * p8 == 0 and p2 * p6 * p8 == 0)
+                    if 2 <= sum(p) <= 6 and transitions == 1 and cond:
+                        delete.append((y, x))
+                for y, x in delete:
+                    img[y, x] = 0
+                changed |= bool(delete)
+            if not changed:
+                return img[1:-1, 1:-1]
+
+    rng = np.random.default_rng(4)
+    for i in range(6):
+        if i % 2:
+            mask = cv2.GaussianBlur(rng.random((40, 56)).astype(np.float32), (0, 0), 2) > 0.52
+        else:
+            mask = tube((40, 56), [[(3, 5 + 3 * i), (50, 30 - 2 * i)]], 1 + 2 * i)
+        assert np.array_equal(_zhang_suen(mask), reference(mask)), i
