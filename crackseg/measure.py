@@ -386,16 +386,26 @@ class _Graph:
 
     def __init__(self, skel: np.ndarray):
         self.ys, self.xs = np.nonzero(skel)
-        h, w = skel.shape
-        index = np.full((h + 2, w + 2), -1, np.int64)
-        index[self.ys + 1, self.xs + 1] = np.arange(self.ys.size)
-        self.nbr = np.stack([index[self.ys + 1 + dy, self.xs + 1 + dx] for dy, dx in _OFFSETS], 1)
+        self.clump = np.zeros(self.ys.size, np.int32)  # branch-point clump of each pixel, 0 for the others
+        self.centres = np.zeros((1, 2))                # (x, y) centre of each clump (row 0 unused)
+        if not self.ys.size:
+            self.nbr, self.degree = np.zeros((0, 8), np.int64), np.zeros(0, np.int64)
+            return
+        # neighbour lookup on the skeleton's bounding box only (a full-frame index costs more than the tracing)
+        y0, x0 = self.ys.min(), self.xs.min()
+        ly, lx = self.ys - y0 + 1, self.xs - x0 + 1
+        index = np.full((ly.max() + 2, lx.max() + 2), -1, np.int64)
+        index[ly, lx] = np.arange(self.ys.size)
+        self.nbr = np.stack([index[ly + dy, lx + dx] for dy, dx in _OFFSETS], 1)
         self.degree = (self.nbr >= 0).sum(1)
         # branch points: 8-connected clumps of pixels with 3+ neighbours, each with its centre
-        junction = np.zeros((h, w), np.uint8)
-        junction[self.ys[self.degree >= 3], self.xs[self.degree >= 3]] = 1
-        _, labels, _, self.centres = cv2.connectedComponentsWithStats(junction, connectivity=8)
-        self.clump = labels[self.ys, self.xs]  # 0 for pixels that are not branch points
+        junction = self.degree >= 3
+        if junction.any():
+            canvas = np.zeros(index.shape, np.uint8)
+            canvas[ly[junction], lx[junction]] = 1
+            _, labels, _, centres = cv2.connectedComponentsWithStats(canvas, connectivity=8)
+            self.clump = labels[ly, lx]
+            self.centres = centres + (x0 - 1, y0 - 1)
 
     def branches(self) -> list[list[int]]:
         """Pixel chains between nodes (pixels of degree != 2), then closed loops, as index lists."""
