@@ -88,7 +88,7 @@ def test_rejects_non_2d_mask():
 
 
 # ------------------------------------------------------------------------------------------------ per crack
-from crackseg.measure import (MeasureError, MeasureSettings, SEVERITY_TABLES, crack_type, frame_stats,  # noqa: E402
+from crackseg.measure import (MeasureError, MeasureSettings, SEVERITY_TABLES, frame_stats,  # noqa: E402
                               measure_cracks, severity_table)
 
 MM = MeasureSettings(mm_per_px=1.0)
