@@ -83,7 +83,7 @@ def show_windows() -> bool:
         return True
     except cv2.error:
         print("no display (OpenCV without GUI support, or no $DISPLAY): no windows"
-              + ("; the page above shows the streams" if http else "; --http=127.0.0.1:8080 shows them in a browser"),
+              + ("; the dashboard page shows the streams" if http else "; --http=127.0.0.1:8080 shows them in a browser"),
               flush=True)
         return False
 
@@ -122,9 +122,10 @@ def run() -> int:
     problem = check_flags()
     if problem:
         return fail(problem)
+    show = not headless and not save and show_windows()
     try:
         receiver = Receiver(bind, int(max_message_mb * 2**20), curve or None, max_pixels=max_pixels,
-                            max_devices=max_devices)
+                            max_devices=max_devices, keep_images=show)
     except (zmq.ZMQError, OSError, ValueError) as exc:
         return fail(f"cannot listen on {bind}: {exc}", 1)
     saver = state = page = None
@@ -140,9 +141,8 @@ def run() -> int:
             page.close()
         return fail(f"--save={save}: {exc}" if isinstance(exc, OSError) else str(exc), 1)
     valid, started, next_report = 0, time.monotonic(), time.monotonic() + report_every
-    reason, status, show = "interrupted", 0, False
+    reason, status = "interrupted", 0
     try:
-        show = not headless and not saver and show_windows()
         print(f"listening on {receiver.address}" + (" (CURVE)" if curve else "")
               + (f"; saving to {saver.folder}" if saver else ""), flush=True)
         while True:

@@ -483,7 +483,7 @@ class DeviceStats:
 class Received:
     header: dict
     jpeg: bytes
-    image: np.ndarray  # RGB
+    image: np.ndarray | None  # RGB; None when the receiver was made with keep_images=False (decoded, then dropped)
     received: float = 0.0  # UNIX seconds when it came off the socket
 
 
@@ -499,8 +499,10 @@ class Receiver:
     at a time, so frames of one device stay in order and a slow frame holds up only its own device. Frames up to
     ``LIGHT_PIXELS`` (Full HD) decode on ``decode_threads`` threads of their own; larger ones on one thread of
     their own, so at most one large image is in memory at once and a stream of the largest JPEGs (or a device
-    sending nothing else) never delays the ordinary frames of other devices. At most ``decode_queue`` frames per device and ``4 * max_bytes`` in all wait for decoding;
-    beyond that frames are rejected as ``busy``. Only the first ``max_devices`` device names are admitted, later
+    sending nothing else) never delays the ordinary frames of other devices. At most ``decode_queue`` frames per device wait, and what waits, is being
+    decoded or is decoded but not yet returned stays within a budget (``4 * max_bytes`` of JPEG, plus three
+    ``max_pixels`` images when ``keep_images``); beyond that frames are rejected as ``busy``. With
+    ``keep_images=False`` (no window to show them) every JPEG is still fully decoded, then its pixels dropped. Only the first ``max_devices`` device names are admitted, later
     ones are rejected as ``devices``. Malformed messages are counted in ``rejected[reason]`` and skipped.
     ``zmq.MAXMSGSIZE`` makes ZeroMQ drop a peer that sends a frame above the limit before it is buffered.
     With ``curve_dir`` only clients whose public key is in ``curve_dir/authorized_clients`` get through.
@@ -509,13 +511,14 @@ class Receiver:
     def __init__(self, address: str = "tcp://127.0.0.1:5555", max_bytes: int = MAX_MESSAGE_BYTES,
                  curve_dir: str | Path | None = None, context: zmq.Context | None = None, *,
                  max_pixels: int = MAX_PIXELS, max_devices: int = MAX_DEVICES, decode_threads: int = 2,
-                 decode_queue: int = 4):
+                 decode_queue: int = 4, keep_images: bool = True):
         # ZeroMQ allows one authenticator (ZAP handler) per context, so a CURVE receiver gets a context of its own.
         self._own_context = context is None and bool(curve_dir)
         self.context = context or (zmq.Context() if curve_dir else zmq.Context.instance())
         self.max_bytes, self.max_pixels, self.max_devices = int(max_bytes), int(max_pixels), int(max_devices)
         self.decode_queue = max(1, int(decode_queue))
-        self.max_pending_bytes = 4 * self.max_bytes
+        self.keep_images = bool(keep_images)
+        self.max_pending_bytes = 4 * self.max_bytes + (3 * 3 * self.max_pixels if self.keep_images else 0)
         self.authenticator = None
         self.socket = self.context.socket(zmq.PULL)
         self.socket.setsockopt(zmq.MAXMSGSIZE, self.max_bytes)
@@ -564,12 +567,12 @@ class Receiver:
         while True:
             self._collect()
             if self._ready:
-                return self._ready.popleft()
+                return self._hand_out()
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             events = dict(self.poller.poll(None if wait is None else int(wait * 1000)))
             if not events:
                 self._collect()
-                return self._ready.popleft() if self._ready else None
+                return self._hand_out() if self._ready else None
             if self._wake_r in events:
                 try:
                     os.read(self._wake_r, 4096)
@@ -588,6 +591,11 @@ class Receiver:
                 if not self._ready:
                     return None
 
+    def _hand_out(self) -> Received:
+        result = self._ready.popleft()
+        self._pending_bytes -= self._cost(result.header, result.jpeg)
+        return result
+
     def _take(self, frames: list[bytes]) -> None:
         try:
             header, jpeg = check_message(frames, self.max_bytes, self.max_pixels)
@@ -601,12 +609,18 @@ class Receiver:
                 return
             self._admitted.add(device)
         waiting = self._waiting.setdefault(device, collections.deque())
-        if len(waiting) >= self.decode_queue or self._pending_bytes + len(jpeg) > self.max_pending_bytes:
+        cost = self._cost(header, jpeg)
+        if len(waiting) >= self.decode_queue or (
+                self._pending_bytes and self._pending_bytes + cost > self.max_pending_bytes):
             self.rejected["busy"] += 1
             return
         waiting.append((header, jpeg, time.time()))
-        self._pending_bytes += len(jpeg)
+        self._pending_bytes += cost
         self._start(device)
+
+    def _cost(self, header: dict, jpeg: bytes) -> int:
+        """Memory a frame holds from admission until ``receive`` returns it."""
+        return len(jpeg) + (3 * header["width"] * header["height"] if self.keep_images else 0)
 
     def _start(self, device: str) -> None:
         waiting = self._waiting.get(device)
@@ -619,10 +633,10 @@ class Receiver:
 
     def _collect(self) -> None:
         while self._done:
-            device, size, result = self._done.popleft()
+            device, cost, result = self._done.popleft()
             self._busy.discard(device)
-            self._pending_bytes -= size
             if isinstance(result, MessageError):
+                self._pending_bytes -= cost
                 self.rejected[result.reason] += 1
             else:
                 now = time.monotonic()
@@ -636,12 +650,14 @@ class Receiver:
     # -- decoding threads
     def _decode(self, device: str, header: dict, jpeg: bytes, received: float) -> None:
         try:
-            result: Received | MessageError = Received(header, jpeg, decode_jpeg(header, jpeg), received)
+            image = decode_jpeg(header, jpeg)
+            result: Received | MessageError = Received(header, jpeg, image if self.keep_images else None, received)
+            del image
         except MessageError as exc:
             result = exc
         except Exception as exc:  # noqa: BLE001 - anything OpenCV throws is a bad JPEG, never a dead thread
             result = MessageError("jpeg", f"{type(exc).__name__}: {exc}"[:200])
-        self._done.append((device, len(jpeg), result))
+        self._done.append((device, self._cost(header, jpeg), result))
         try:
             os.write(self._wake_w, b"x")
         except (BlockingIOError, OSError):  # pipe full (a wake-up is pending anyway) or closed

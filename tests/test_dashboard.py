@@ -16,7 +16,7 @@ import pytest
 from conftest import free_port
 from crackseg.dashboard import Dashboard, DashboardState, parse_address, DashboardError
 from crackseg.stream import encode_jpeg, make_header, make_keys
-from test_deploy import FRAMES, Script, camera, media, pc, procs  # noqa: F401 (fixtures)
+from test_deploy import camera, media, pc, procs  # noqa: F401 (media, procs: fixtures)
 from test_stream import frame_image
 
 

@@ -407,8 +407,6 @@ def bomb_messages() -> list[tuple[str, list[bytes]]]:
 def test_pc_memory_and_other_devices_under_bombs(procs, tmp_path):
     """Peak RSS of the real PC.py stays under 500 MB whatever it is sent under its size limit, and a valid frame
     from another device still arrives within 1 s of each bomb."""
-    from test_stream import valid_message
-
     port, out = free_port(), tmp_path / "in"
     receiver = pc(procs, port, f"--save={out}", "--http=127.0.0.1:0")  # the page holds each device's latest JPEG
     context = zmq.Context.instance()

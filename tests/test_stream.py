@@ -5,7 +5,6 @@ import base64
 import json
 import os
 import stat
-import threading
 import time
 from pathlib import Path
 
@@ -438,3 +437,27 @@ def test_secret_keys_are_owner_only_from_the_first_byte(tmp_path, monkeypatch):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     for folder in [tmp_path / "keys", *(p for p in (tmp_path / "keys").rglob("*") if p.is_dir())]:
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
+def test_decoded_frames_waiting_for_a_slow_consumer_stay_within_a_budget():
+    bomb = patch_size(encode_jpeg(frame_image()), 2048, 2048)  # 3 KB of JPEG, 12 MB once decoded
+    for keep_images in (True, False):
+        receiver = Receiver(f"tcp://127.0.0.1:{free_port()}", max_pixels=2048 * 2048, keep_images=keep_images)
+        push = push_socket(receiver.address)
+        try:
+            for i in range(30):
+                push.send_multipart(message_with(bomb, 2048, 2048, f"cam{i}"))
+            time.sleep(1.0)  # all queued before the (slow) consumer looks
+            got = drain(receiver, 20.0, count=30 - receiver.rejected["busy"]) if not keep_images else []
+            if keep_images:
+                first = receiver.receive(timeout=10)
+                assert first is not None and first.image.shape == (2048, 2048, 3)
+                # what was admitted before anything was handed out fits in 4 * max_bytes + 3 such images
+                assert 1 <= receiver.rejected["busy"] <= 27, receiver.summary()
+                got = [first] + drain(receiver, 20.0, count=29 - receiver.rejected["busy"])
+                assert len(got) + receiver.rejected["busy"] == 30
+            else:  # pixels dropped after decoding: nothing to hold, nothing refused
+                assert receiver.rejected["busy"] == 0 and len(got) == 30 and all(m.image is None for m in got)
+        finally:
+            push.close()
+            receiver.close()
