@@ -445,3 +445,30 @@ def test_pc_memory_and_other_devices_under_bombs(procs, tmp_path):
     assert "size_mismatch 1" in stdout and "pixels 1" in stdout and "jpeg 1" in stdout, stdout
     done = [json.loads(line) for line in (out / "headers.jsonl").read_text().splitlines()]
     assert sum(h["device"].startswith("bomber") for h in done) == 3
+
+
+def test_pc_with_many_devices_and_unknown_header_keys(procs, tmp_path):
+    from crackseg.stream import KNOWN_FIELDS
+    from test_stream import frame_image, message_with
+
+    port, out = free_port(), tmp_path / "in"
+    receiver = pc(procs, port, f"--save={out}", "--max_devices=25", "--max_frames=30")
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 2000)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    jpeg = cv2.imencode(".jpg", frame_image())[1].tobytes()
+    try:
+        for i in range(30):
+            push.send_multipart(message_with(jpeg, 64, 48, f"dev{i:03d}", 0, extra="x" * 500, run="r1"))
+        for i in range(5):  # after the 5 refused ones: PC.py has counted them before it stops
+            push.send_multipart(message_with(jpeg, 64, 48, f"dev{i:03d}", 1, run="r1"))
+        rc, stdout, stderr = receiver.finish()
+    finally:
+        push.close()
+    assert rc == 0, stdout + stderr
+    last = stdout.strip().splitlines()[-1]
+    assert "done: 30 valid frames" in last and "25 devices: 30 frames" in last and "devices 5" in last, last
+    assert len(last) < 400 and "dev024:" not in last
+    assert len([p for p in out.iterdir() if p.is_dir()]) == 25
+    for h in read_headers(out):
+        assert set(h) <= {*KNOWN_FIELDS, "file", "received"} and "extra" not in h, h
