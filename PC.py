@@ -195,4 +195,8 @@ def _stop(signum, frame) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _stop)
-    sys.exit(run())
+    try:
+        sys.exit(run())
+    except KeyboardInterrupt:  # stopped while still starting up
+        print("done: 0 valid frames; interrupted while starting", flush=True)
+        sys.exit(130)
