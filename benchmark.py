@@ -6,7 +6,9 @@
 
 Per backend: images/s and latency (median of --runs timed predict calls after --warmup), peak RSS delta, the ratio
 to Keras fp32 and the strict-F1 change and mask agreement vs Keras fp32 on --images validation images (real ones
-from --data, else synthetic). Then camera.py's per-frame pipeline (decode, preprocess, infer, overlay, encode)
+from --data, else synthetic), the effective GFLOP/s (the model card's GFLOPs per image, scaled to --size) and its
+share of this machine's peak in the row's precision (a large 3x3 convolution in OpenVINO, measured first; --peak).
+The row --precision=auto runs (camera.py / evaluate.py's default) is marked, with the reason. Then camera.py's per-frame pipeline (decode, preprocess, infer, overlay, encode)
 sequential and overlapped vs pure inference on the default CPU backend, and the training input pipeline vs the
 model-only train step. Ratios, not absolute times, carry across machines. --skip: e.g. "keras:mixed_bf16,openvino".
 """
@@ -27,7 +29,8 @@ lists = "datasets/splits"
 threads = 0                     # inference threads for ONNX Runtime / OpenVINO; 0: the runtime's default (all cores)
 width = None                    # preset overrides (tests use a tiny network); None: the preset's own
 blocks = None
-skip = ""                       # comma-separated backend or backend:precision to leave out
+skip = ""                       # comma-separated backend, backend:precision or backend:precision:graph to leave out
+peak = True                     # measure this machine's peak GFLOP/s per precision (OpenVINO convolution)
 camera = True                   # measure the camera pipeline
 camera_frames = 6
 training = True                 # measure the training input pipeline
@@ -58,11 +61,33 @@ def model_spec(workdir: Path) -> str:
     return str(path)
 
 
+def gflop_of(spec: str) -> float | None:
+    from crackseg.engines import is_preset, load_deployable_keras, read_model_card
+
+    card = {} if is_preset(spec) else read_model_card(spec)
+    return bench.gflop_per_image(None if card.get("gflops") else load_deployable_keras(spec), card, size)
+
+
+def default_choice(spec: str) -> tuple[str, str]:
+    """What --precision=auto runs for this model: judged on the shipped .onnx beside a .keras file (its int8 model
+    and card), else on the model itself."""
+    from crackseg.engines import auto_precision
+
+    onnx_file = Path(spec).with_suffix(".onnx")
+    return auto_precision(str(onnx_file) if onnx_file.is_file() else spec)
+
+
+def camera_model(spec: str) -> str:
+    """What camera.py runs for this model: the shipped .onnx beside a .keras file (with its int8 model), else it."""
+    onnx_file = Path(spec).with_suffix(".onnx")
+    return str(onnx_file) if Path(spec).suffix == ".keras" and onnx_file.is_file() else spec
+
+
 def main() -> dict:
     if size % 4:
         sys.exit(f"error: --size must be a multiple of 4, got {size}")
     machine = bench.machine_facts()
-    print(f"machine: {machine}")
+    print(f"machine: {machine['line']}; OpenVINO: {' '.join(machine.get('openvino_capabilities', []))}")
     pictures, masks, described = bench.benchmark_images(size, images, data, lists)
     print(f"images: {described}")
     report = {"command": " ".join(["python", "benchmark.py", *sys.argv[1:]]), "machine": machine,
@@ -70,19 +95,33 @@ def main() -> dict:
               "engine to its last timed run (sampled every 5 ms)"}
     with tempfile.TemporaryDirectory(prefix="crackseg_benchmark_") as tmp:
         spec = model_spec(Path(tmp))
+        peaks = bench.machine_peaks(threads=threads) if peak else {}
+        for p in peaks.values():
+            print(f"peak {p['precision']}: {p['gflops']:.0f} GFLOP/s ({p['probe']}, OpenVINO kernel {p['kernel']})")
+        report["peaks"] = peaks
+        gflop = gflop_of(spec)
+        report["gflop_per_image"] = gflop
         rows = bench.backend_rows(spec, pictures, masks, runs, warmup, threads,
-                                  tuple(s.strip() for s in skip.split(",") if s.strip()))
-        report["rows"] = rows
+                                  tuple(s.strip() for s in skip.split(",") if s.strip()), gflop_per_image=gflop,
+                                  peaks={k: v["gflops"] for k, v in peaks.items()})
+        chosen, reason = default_choice(spec)
+        for row in rows:
+            if row["backend"] == "openvino" and row["precision"] == chosen and row["graph"] == (
+                    "full" if chosen == "int8" else "fast"):
+                row["default"] = "default (--precision=auto)"
+        report["rows"], report["auto"] = rows, {"precision": chosen, "reason": reason}
         print(bench.format_table(rows))
+        print(f"GFLOP per image: {gflop if gflop is None else round(gflop, 2)}; --precision=auto here: {reason}")
         if camera:
             try:
-                with open_engine(spec, default_cpu_backend()) as engine:
+                with open_engine(camera_model(spec), default_cpu_backend(), precision="auto") as engine:
                     frames = [pictures[i % len(pictures)] for i in range(camera_frames)]
                     report["camera"] = bench.camera_rows(engine, frames, max(2, min(runs, 5)))
                 c = report["camera"]
-                print(f"camera pipeline [{c['backend']}]: pure inference {c['pure_inference_fps']:.2f} FPS, "
-                      f"end to end sequential {c['pipeline_sequential_fps']:.2f} FPS, overlapped "
-                      f"{c['pipeline_overlapped_fps']:.2f} FPS ({c['overlapped_vs_pure_pct']:.0f}% of pure)")
+                print(f"camera pipeline [{c['backend']} {c['precision']}]: pure inference "
+                      f"{c['pure_inference_fps']:.2f} FPS, end to end sequential {c['pipeline_sequential_fps']:.2f} "
+                      f"FPS, overlapped {c['pipeline_overlapped_fps']:.2f} FPS ({c['overlapped_vs_pure_pct']:.0f}% of "
+                      f"pure), throughput mode (folders / videos) {c['pipeline_throughput_fps']:.2f} FPS")
             except EngineError as exc:
                 print(f"camera pipeline: skipped ({exc})")
         if training:

@@ -26,8 +26,10 @@ source = "0"                      # camera index | video file | rtsp:// http:// 
 model = "weights/student.onnx"    # .onnx | .engine | .keras | preset name (untrained)
 backend = "auto"                  # auto (CPU: openvino, see README.md (Inference speed)) | openvino | onnx | tensorrt | keras
 threshold = None                  # None: from the model card (default 0.5)
-precision = "f32"                 # f32 | bf16 | int8 (OpenVINO): bf16 where the CPU reports BF16 (~1.8x); int8 runs
-                                  # student_int8.onnx beside --model (1.7-2.1x with VNNI; README: Inference speed)
+precision = "auto"                # auto | fp32 | bf16 | int8 (OpenVINO). auto: int8 (student_int8.xml beside --model)
+                                  # where the CPU has VNNI / AMX and its card records validation F1 within 0.5 pt,
+                                  # else bf16 where the CPU reports BF16, else fp32; the model: line says which and
+                                  # why (docs/speed.md)
 max_side = 0                      # shrink frames so the longer side is at most this before inference (0: as read)
 mm_per_px = 0.0                   # millimetres per pixel of the frames as read (docs/measure.md): overlay, printed
                                   # line and stream stats in mm with the frame's worst severity (0: pixels)
@@ -46,6 +48,8 @@ read_retries = 20                 # failed reads in a row before a camera / URL 
 quiet = False                     # no per-frame line
 overlap = True                    # read the next frame and post-process (overlay, save, send) the previous one on a
                                   # helper thread while this one is inferred; False: one stage after another
+throughput = "auto"               # auto: on for a folder or a video file, off for a live camera / URL | on | off:
+                                  # several inference requests in flight (OpenVINO), frames read ahead, still in order
 
 config = configure(globals(), __doc__)
 
@@ -129,7 +133,8 @@ def run() -> int:
     if page:
         outlet = page.outlet(outlet)  # every frame to the page, then to PC.py
     pipeline = FramePipeline(engine, max_side=max_side, saver=saver, send=outlet,
-                             device=name, jpeg_quality=jpeg_quality, overlap=overlap, measure=measure)
+                             device=name, jpeg_quality=jpeg_quality, overlap=overlap, measure=measure,
+                             throughput=throughput == "on" or (throughput == "auto" and frames.kind in ("folder", "video")))
     # islice: no frame beyond --max_frames is read or inferred, even one ahead on the helper thread.
     results = pipeline.results(islice(frames.frames(), max_frames or None))
     count, started, paced, status = 0, time.monotonic(), time.monotonic(), 0

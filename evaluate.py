@@ -14,7 +14,9 @@ stems; names of other folders are ignored), e.g. --subset=datasets/splits/val.tx
 crackseg.data reads (--pred files are then paired with their masks by stem). When the images come from several
 datasets (the folder holding each image folder, e.g. CrackForest, DeepCrack), each one is reported too.
 Prints a table (strict / tolerant P R F1 IoU, ODS, OIS, mIoU, images/s) and writes it as JSON with --json
-(per-dataset reports under "by_dataset").
+(per-dataset reports under "by_dataset"). With --model, images/s is the throughput over the whole folder (decode,
+inference and scoring overlapped; --no-throughput: one image after another) and the single-image latency is
+printed beside it.
 """
 import os
 
@@ -31,7 +33,11 @@ json = None           # write the report here as JSON
 threshold = None      # None: the model card's (--model) or 0.5
 distance = 2          # tolerance of the tolerant metrics (Chebyshev pixels)
 backend = "auto"      # --model only: auto (CPU: openvino) | keras | onnx | openvino | tensorrt
-precision = "f32"     # --model only: f32 | bf16 (OpenVINO, where the CPU reports BF16) | int8 (OpenVINO, *_int8.onnx)
+precision = "auto"    # --model only: auto (the fastest accurate one for this CPU: int8 with VNNI / AMX when the int8
+                      # model's card is within 0.5 pt F1, else bf16, else fp32; the model: line says why) | fp32 |
+                      # bf16 (OpenVINO, where the CPU reports BF16) | int8 (OpenVINO, student_int8.xml)
+throughput = True     # --model only: several asynchronous requests in flight (OpenVINO), decoding overlapped;
+                      # images/s of the whole folder, plus the single-image latency. False: one image at a time
 subset = None         # a split list file: evaluate only the images it names
 
 config = configure(globals(), __doc__)
@@ -60,12 +66,16 @@ def main(config: dict) -> dict:
                                  "prediction" if config["pred"] else "image", config["subset"])
         if config["model"]:
             report = evaluate_model(config["model"], pairs, config["threshold"], config["distance"],
-                                    config["backend"], config["precision"])
+                                    config["backend"], config["precision"], config["throughput"])
+            print(f"model: {report['described']}")
         else:
             report = evaluate_predictions(pairs, config["threshold"], config["distance"])
     except (DataError, EngineError) as exc:  # bad input: one line naming the file, not a traceback
         raise SystemExit(f"error: {exc}") from None
     print(format_reports(report))
+    if report.get("mode") == "throughput":
+        print(f"speed: {report['fps']:.2f} images/s over {report['images']} images (throughput mode), single-image "
+              f"latency {report['latency_ms']:.0f} ms ({1000 / report['latency_ms']:.2f} images/s)")
     if config["json"]:
         atomic_write_json(config["json"], report)
         print(f"wrote {config['json']}")

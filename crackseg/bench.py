@@ -28,8 +28,9 @@ import numpy as np
 from .engines import Engine, EngineError, OnnxEngine, OpenVinoEngine, is_preset
 from .evaluation import LabelledImage, evaluate_engine
 
-ROW_KEYS = ("backend", "precision", "images_per_s", "latency_ms", "ratio_vs_keras_fp32", "f1_delta",
-            "mask_agreement_pct", "f1", "peak_rss_delta_mb", "model_file", "note")
+ROW_KEYS = ("backend", "precision", "graph", "images_per_s", "latency_ms", "ratio_vs_keras_fp32", "f1_delta",
+            "mask_agreement_pct", "f1", "gflops_per_s", "pct_of_peak", "peak_rss_delta_mb", "model_file", "note")
+PEAK_CONV = (256, 64)  # the peak probe: a 3x3 convolution, this many channels in and out, on a square of this side
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -37,8 +38,7 @@ def benchmark_images(size: int, count: int, data: str | None, lists: str | None,
                      ) -> tuple[list[np.ndarray], list[np.ndarray], str]:
     """``count`` validation (image, mask) pairs centre-cropped to ``size``: real ones from ``data`` when it holds
     a dataset, else synthetic pavement (``datasets/synthetic.py``). Returns (images, masks, description)."""
-    from .data import DataError, load_pair, load_split
-    from .export import square_crop
+    from .data import DataError, load_pair, load_split, square_crop
 
     if data and Path(data).is_dir():
         try:
@@ -96,21 +96,31 @@ class PeakRss:
 # ---------------------------------------------------------------------------------------------- backends
 @dataclass
 class Candidate:
-    """A backend / precision to measure: ``open()`` returns a ready engine (or raises EngineError)."""
+    """A backend / precision to measure: ``open()`` returns a ready engine (or raises EngineError). ``graph``: which
+    export it runs (keras, plain: the tf2onnx export, fast: the clean export, qdq: Conv-only QDQ int8, full: NNCF
+    full-graph int8)."""
 
     backend: str
     precision: str
     open: Callable[[], Engine]
     note: str = ""
     model_file: str = ""
+    graph: str = ""
+
+
+FP32_LAYERS = ("InstanceNorm", "AttentionGate", "TemperatureSoftmax", "CrackProbability")  # kept fp32 under bf16
 
 
 class KerasMixedEngine(Engine):
-    """The Keras model rebuilt under the ``mixed_bfloat16`` policy (bf16 compute, fp32 weights and output)."""
+    """The Keras model rebuilt under the ``mixed_bfloat16`` policy (bf16 compute, fp32 weights and output), with the
+    layers bf16 hurts kept in float32 through their dtype policy: the instance norms (``moments`` over a whole
+    feature map in bf16 loses the variance) and the sigmoid / softmax gates and the crack probability (a threshold
+    of 0.85 sits where bf16 steps are 0.004). ``fp32_layers=()`` is the plain policy, for comparison."""
 
     backend = "keras"
+    precision = "bf16"
 
-    def __init__(self, reference_net, threshold: float, name: str):
+    def __init__(self, reference_net, threshold: float, name: str, fp32_layers: tuple[str, ...] = FP32_LAYERS):
         import keras
         import tensorflow as tf
 
@@ -127,6 +137,9 @@ class KerasMixedEngine(Engine):
         for layer in net.layers:
             if layer.weights and layer.name in source:
                 layer.set_weights(source[layer.name].get_weights())
+            if type(layer).__name__ in fp32_layers:
+                layer.dtype_policy = keras.DTypePolicy("float32")  # inputs are cast up, outputs stay float32
+        self.fp32_layers = sum(type(layer).__name__ in fp32_layers for layer in net.layers)
         signature = (tf.TensorSpec((None, None, None, 3), tf.float32),)
         self._forward = tf.function(lambda x: tf.cast(net(x, training=False), tf.float32),
                                     input_signature=signature)
@@ -135,55 +148,102 @@ class KerasMixedEngine(Engine):
         return self._forward(batch).numpy()
 
 
+def shipped_int8(model_spec: str) -> Path | None:
+    """The shipped full-int8 IR made from ``model_spec`` (``weights/student_int8.xml`` beside student.onnx for
+    student.keras), when it is there and its card names the same trained file; else None."""
+    from .engines import check_same_model, int8_ir_for
+
+    spec = Path(model_spec)
+    if spec.suffix.lower() not in (".keras", ".h5"):
+        return None
+    onnx_path, ir = spec.with_suffix(".onnx"), int8_ir_for(spec.with_suffix(".onnx"))
+    if not ir.is_file():
+        return None
+    try:
+        check_same_model(spec, ir)
+    except EngineError:
+        return None
+    return ir if onnx_path.is_file() else None
+
+
 def candidates(model_spec: str, workdir: Path, calibration: list[np.ndarray], threads: int,
                skip: tuple[str, ...] = ()) -> tuple[list[Candidate], object, float]:
     """Every backend / precision available here for ``model_spec`` (a ``.keras`` file or a preset).
 
     Returns (candidates, the deployable Keras model, threshold). ONNX files are exported into ``workdir``: the
-    plain tf2onnx export (what ``student.onnx`` is) and the clean one (``student_fast.onnx``).
+    plain tf2onnx export (what ``student.onnx`` is) and the clean one (``student_fast.onnx``). The full-int8 row runs
+    the shipped ``student_int8.xml`` when it belongs to ``model_spec``, else a quick NNCF quantisation of the clean
+    export on ``calibration`` (no accuracy control).
     """
     from .engines import KerasEngine, load_deployable_keras, read_model_card, resolve_threshold
-    from .export import export_onnx, quantize_int8, tensorrt_status
+    from .onnx_export import export_onnx
+    from .quantize import quantize_full_int8, quantize_int8
+    from .tensorrt import tensorrt_status
 
     net = load_deployable_keras(model_spec)
     threshold = resolve_threshold({} if is_preset(model_spec) else read_model_card(model_spec), None)
     name = f"{model_spec}-untrained" if is_preset(model_spec) else Path(model_spec).stem
     plain = export_onnx(net, workdir / "model.onnx")
     clean = export_onnx(net, workdir / "model_fast.onnx", clean=True)
-    int8 = workdir / "model_int8.onnx"
+    qdq = workdir / "model_qdq_int8.onnx"
+    shipped = shipped_int8(model_spec)
+    full = shipped or workdir / "model_int8.xml"
 
-    def int8_model() -> Path:
-        """The QDQ int8 model, quantised once and shared: ONNX Runtime and OpenVINO (which runs QDQ in int8)."""
-        return int8 if int8.is_file() else quantize_int8(clean, int8, calibration)
+    def qdq_model() -> Path:
+        """The Conv-only QDQ int8 model, quantised once and shared: ONNX Runtime and OpenVINO run it."""
+        return qdq if qdq.is_file() else quantize_int8(clean, qdq, calibration)
+
+    def full_model() -> Path:
+        if not full.is_file():
+            quantize_full_int8(clean, full, calibration, accuracy_control=False, log=lambda line: None)
+        return full
 
     found = [
-        Candidate("keras", "fp32", lambda: KerasEngine(model_spec, threshold, net=net), "TF/oneDNN"),
-        Candidate("keras", "mixed_bf16", lambda: KerasMixedEngine(net, threshold, name),
-                  "mixed_bfloat16 policy (no native bf16 here unless the CPU has AVX-512 BF16 / AMX)"),
+        Candidate("keras", "fp32", lambda: KerasEngine(model_spec, threshold, net=net), "TF/oneDNN", graph="keras"),
+        Candidate("keras", "bf16", lambda: KerasMixedEngine(net, threshold, name),
+                  "mixed_bfloat16 policy, norms and gates float32", graph="keras"),
         Candidate("onnxruntime", "fp32", lambda: _ort(plain, threshold, threads), "plain tf2onnx export",
-                  plain.name),
-        Candidate("onnxruntime", "fp32-clean", lambda: _ort(clean, threshold, threads),
-                  "clean export: InstanceNormalization + dilated Conv", clean.name),
-        Candidate("onnxruntime", "int8", lambda: _ort(int8_model(), threshold, threads),
-                  f"static QDQ, {len(calibration)} calibration images", int8.name),
-        Candidate("openvino", "fp32", lambda: OpenVinoEngine(str(plain), threshold, threads), "plain export",
-                  plain.name),
-        Candidate("openvino", "fp32-clean", lambda: OpenVinoEngine(str(clean), threshold, threads),
-                  "clean export, latency hint (the CPU default)", clean.name),
-        Candidate("openvino", "int8", lambda: OpenVinoEngine(str(int8_model()), threshold, threads),
-                  "the onnxruntime int8 QDQ model run by OpenVINO", int8.name),
+                  plain.name, "plain"),
+        Candidate("onnxruntime", "fp32", lambda: _ort(clean, threshold, threads),
+                  "clean export: InstanceNormalization + dilated Conv", clean.name, "fast"),
+        Candidate("onnxruntime", "int8", lambda: _ort(qdq_model(), threshold, threads),
+                  f"static QDQ (Conv only), {len(calibration)} calibration images", qdq.name, "qdq"),
+        Candidate("openvino", "fp32", lambda: OpenVinoEngine(str(plain), threshold, threads, cache_dir=""),
+                  "plain export", plain.name, "plain"),
+        Candidate("openvino", "fp32", lambda: OpenVinoEngine(str(clean), threshold, threads, cache_dir=""),
+                  "clean export, latency hint", clean.name, "fast"),
+        Candidate("openvino", "int8", lambda: OpenVinoEngine(str(qdq_model()), threshold, threads, cache_dir=""),
+                  "the onnxruntime Conv-only QDQ model run by OpenVINO", qdq.name, "qdq"),
+        Candidate("openvino", "int8", lambda: OpenVinoEngine(str(full_model()), threshold, threads, cache_dir=""),
+                  "full-graph NNCF int8" + (f" (shipped {full.name})" if shipped else
+                                            f", {len(calibration)} calibration images"), full.name, "full"),
     ]
-    import openvino as ov
+    from .precision import openvino_capabilities
 
-    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        found.append(Candidate("openvino", "bf16-clean", lambda: OpenVinoEngine(str(clean), threshold, threads,
-                                                                               precision="bf16"),
-                               "clean export, bf16 inference precision", clean.name))
+    if "BF16" in openvino_capabilities():
+        found.append(Candidate("openvino", "bf16", lambda: OpenVinoEngine(str(clean), threshold, threads,
+                                                                          precision="bf16", cache_dir=""),
+                               "clean export, bf16 inference precision", clean.name, "fast"))
     if tensorrt_status()[0]:
         from .engines import TensorRTEngine
 
-        found.append(Candidate("tensorrt", "fp32", lambda: TensorRTEngine(str(plain), threshold), "built in memory"))
-    return [c for c in found if f"{c.backend}:{c.precision}" not in skip and c.backend not in skip], net, threshold
+        found.append(Candidate("tensorrt", "fp32", lambda: TensorRTEngine(str(plain), threshold), "built in memory",
+                               graph="plain"))
+    return [c for c in found if not skipped(c, skip)], net, threshold
+
+
+def skipped(candidate: Candidate, skip: tuple[str, ...]) -> bool:
+    """``skip`` entries: ``backend``, ``backend:precision`` or ``backend:precision:graph`` (old words accepted:
+    ``fp32-clean`` = ``fp32:fast``, ``mixed_bf16`` = ``bf16``)."""
+    old = {"fp32-clean": "fp32:fast", "bf16-clean": "bf16:fast", "mixed_bf16": "bf16", "f32": "fp32"}
+    for entry in skip:
+        parts = entry.split(":")
+        if len(parts) > 1:
+            parts = [parts[0], *old.get(parts[1], parts[1]).split(":"), *parts[2:]]
+        mine = [candidate.backend, candidate.precision, candidate.graph]
+        if mine[:len(parts)] == parts:
+            return True
+    return False
 
 
 def _ort(path: Path, threshold: float, threads: int) -> OnnxEngine:
@@ -226,17 +286,21 @@ def measure(candidate: Candidate, images: list[np.ndarray], masks: list[np.ndarr
     if reference_masks is not None:
         same = sum(int((a == b).sum()) for a, b in zip(predicted, reference_masks))
         agreement = 100.0 * same / sum(m.size for m in predicted)
-    row = {"backend": candidate.backend, "precision": candidate.precision, "images_per_s": 1000.0 / latency,
+    row = {"backend": candidate.backend, "precision": candidate.precision, "graph": candidate.graph,
+           "images_per_s": 1000.0 / latency,
            "latency_ms": latency, "ratio_vs_keras_fp32": None, "f1_delta": None,
-           "mask_agreement_pct": agreement, "f1": quality["strict"]["f1"],
+           "mask_agreement_pct": agreement, "f1": quality["strict"]["f1"], "gflops_per_s": None, "pct_of_peak": None,
            "peak_rss_delta_mb": memory.delta_mb, "model_file": candidate.model_file, "note": candidate.note,
            "runs": runs, "latency_min_ms": min(seconds) * 1000}
     return row, predicted
 
 
 def backend_rows(model_spec: str, images: list[np.ndarray], masks: list[np.ndarray], runs: int, warmup: int,
-                 threads: int = 0, skip: tuple[str, ...] = (), log: Callable[[str], None] = print) -> list[dict]:
-    """Measure every available backend on the same images; ratios and F1 deltas are against Keras fp32."""
+                 threads: int = 0, skip: tuple[str, ...] = (), log: Callable[[str], None] = print,
+                 gflop_per_image: float | None = None, peaks: dict[str, float] | None = None) -> list[dict]:
+    """Measure every available backend on the same images; ratios and F1 deltas are against Keras fp32. With
+    ``gflop_per_image`` each row gets its effective GFLOP/s, and with ``peaks`` (``peak_gflops``) its share of this
+    machine's peak in the row's precision."""
     with tempfile.TemporaryDirectory(prefix="crackseg_bench_") as tmp:
         found, _, _ = candidates(model_spec, Path(tmp), images, threads, skip)
         rows, reference = [], None
@@ -257,15 +321,80 @@ def backend_rows(model_spec: str, images: list[np.ndarray], masks: list[np.ndarr
         if base:
             row["ratio_vs_keras_fp32"] = row["images_per_s"] / base["images_per_s"]
             row["f1_delta"] = row["f1"] - base["f1"]
+        if gflop_per_image:
+            row["gflops_per_s"] = gflop_per_image * row["images_per_s"]
+            peak = (peaks or {}).get(row["precision"])
+            row["pct_of_peak"] = 100.0 * row["gflops_per_s"] / peak if peak else None
     return rows
 
 
+def gflop_per_image(net, card: dict, size: int) -> float | None:
+    """GFLOP of one ``size`` x ``size`` image: the card's ``gflops`` (at ``flops_input_size``, scaled by area), else
+    TensorFlow's profiler on ``net``; None where neither is available."""
+    if card.get("gflops"):
+        return float(card["gflops"]) * (size / float(card.get("flops_input_size", 448))) ** 2
+    from model.profile import can_count_flops, count_flops
+
+    return count_flops(net, size) / 1e9 if can_count_flops() else None
+
+
+def peak_gflops(precision: str, channels: int = PEAK_CONV[0], side: int = PEAK_CONV[1], runs: int = 10,
+                threads: int = 0) -> dict:
+    """This machine's peak in ``precision`` (fp32 / bf16 / int8) as OpenVINO reaches it: GFLOP/s of a large 3x3
+    convolution (``channels`` -> ``channels`` on ``side`` x ``side``, batch 1, latency hint, all cores), median of
+    ``runs``. int8 is the pattern NNCF writes (quantised activations, int8 weights with a scale); the kernel OpenVINO
+    chose is returned, so a row that says int8 is known to run an int8 kernel (e.g. brgconv_avx512_amx_I8)."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    rng = np.random.default_rng(0)
+    data = ops.parameter([1, channels, side, side], ov.Type.f32, name="x")
+    weights = rng.standard_normal((channels, channels, 3, 3)).astype(np.float32)
+    if precision == "int8":
+        lo, hi = ops.constant(np.float32(0.0)), ops.constant(np.float32(4.0))
+        data_in = ops.fake_quantize(data, lo, hi, lo, hi, 256)
+        codes = ops.constant(np.clip(np.round(weights * 32), -127, 127).astype(np.int8))
+        kernel = ops.multiply(ops.convert(codes, ov.Type.f32),
+                              ops.constant(np.full((channels, 1, 1, 1), 1 / 32, np.float32)))
+    else:
+        data_in, kernel = data, ops.constant(weights)
+    conv = ops.convolution(data_in, kernel, [1, 1], [1, 1], [1, 1], [1, 1])
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = ov.Core().compile_model(ov.Model([conv], [data]), "CPU", config)
+    request = compiled.create_infer_request()
+    x = rng.uniform(0, 4, (1, channels, side, side)).astype(np.float32)
+    for _ in range(3):
+        request.infer({0: x})
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        request.infer({0: x})
+        seconds.append(time.perf_counter() - start)
+    kernels = [op.get_rt_info()["primitiveType"].astype(str) for op in compiled.get_runtime_model().get_ops()
+               if "primitiveType" in op.get_rt_info() and op.get_rt_info()["layerType"].astype(str) == "Convolution"]
+    flop = 2 * channels * channels * 9 * side * side
+    return {"precision": precision, "gflops": flop / float(np.median(seconds)) / 1e9,
+            "probe": f"conv3x3 {channels}->{channels} {side}x{side}", "kernel": ",".join(kernels)}
+
+
+def machine_peaks(precisions: tuple[str, ...] = ("fp32", "bf16", "int8"), threads: int = 0) -> dict[str, dict]:
+    """``peak_gflops`` for each precision this CPU runs in OpenVINO (bf16 only where OpenVINO reports BF16)."""
+    from .precision import openvino_capabilities
+
+    return {p: peak_gflops(p, threads=threads) for p in precisions
+            if p != "bf16" or "BF16" in openvino_capabilities()}
+
+
 # ---------------------------------------------------------------------------------------------- pipelines
-def camera_pipeline(engine: Engine, frames: list[np.ndarray], overlap: bool, jpeg_quality: int = 80) -> float:
+def camera_pipeline(engine: Engine, frames: list[np.ndarray], overlap: bool, jpeg_quality: int = 80,
+                    throughput: bool = False) -> float:
     """Frames per second of camera.py's own loop (``crackseg.pipeline.FramePipeline``) on ``frames`` saved as a
     folder of JPEGs: read + decode (``FrameSource``) -> predict (preprocess + inference) -> mask -> crack statistics
     -> overlay -> JPEG encode + stream header, handed to a sender that discards them (camera.py ``--send`` without a
-    network, no ``--save``, headless). ``overlap``: camera.py's ``--overlap``."""
+    network, no ``--save``, headless). ``overlap``: camera.py's ``--overlap``; ``throughput``: its ``--throughput``
+(asynchronous requests in flight, what a folder or video file gets by default)."""
     from .pipeline import FramePipeline
     from .sources import FrameSource
 
@@ -275,7 +404,7 @@ def camera_pipeline(engine: Engine, frames: list[np.ndarray], overlap: bool, jpe
         source = FrameSource(folder)
         engine.predict(frames[0])  # warm-up: the first call compiles / allocates
         pipeline = FramePipeline(engine, send=lambda header, jpeg: None, device="bench", jpeg_quality=jpeg_quality,
-                                 overlap=overlap)
+                                 overlap=overlap, throughput=throughput)
         start = time.perf_counter()
         with closing(pipeline.results(source.frames())) as results:
             count = sum(1 for _ in results)
@@ -290,9 +419,10 @@ def camera_rows(engine: Engine, frames: list[np.ndarray], runs: int) -> dict:
     pure = 1.0 / float(np.median(seconds))
     sequential = camera_pipeline(engine, frames, overlap=False)
     overlapped = camera_pipeline(engine, frames, overlap=True)
-    return {"backend": engine.backend, "frames": len(frames), "pure_inference_fps": pure,
-            "pipeline_sequential_fps": sequential, "pipeline_overlapped_fps": overlapped,
-            "overlapped_vs_pure_pct": 100.0 * overlapped / pure}
+    many = camera_pipeline(engine, frames, overlap=True, throughput=True)
+    return {"backend": engine.backend, "precision": engine.precision, "frames": len(frames),
+            "pure_inference_fps": pure, "pipeline_sequential_fps": sequential, "pipeline_overlapped_fps": overlapped,
+            "overlapped_vs_pure_pct": 100.0 * overlapped / pure, "pipeline_throughput_fps": many}
 
 
 def training_rows(model_spec: str, images: list[np.ndarray], masks: list[np.ndarray], crop: int, batch_size: int,
@@ -343,19 +473,23 @@ def format_table(rows: list[dict]) -> str:
     def num(value, spec: str) -> str:
         return "n/a" if value is None else format(value, spec)
 
-    lines = [f"{'backend':12s} {'precision':11s} {'images/s':>9s} {'latency ms':>11s} {'vs keras':>9s} "
-             f"{'F1 delta':>9s} {'mask agree %':>13s} {'peak RSS MB':>12s}"]
+    lines = [f"{'backend':12s} {'precision':9s} {'graph':6s} {'images/s':>9s} {'latency ms':>11s} {'vs keras':>9s} "
+             f"{'F1 delta':>9s} {'mask agree %':>13s} {'GFLOP/s':>8s} {'% peak':>7s} {'peak RSS MB':>12s}"]
     for r in rows:
-        lines.append(f"{r['backend']:12s} {r['precision']:11s} {num(r['images_per_s'], '9.3f')} "
+        lines.append(f"{r['backend']:12s} {r['precision']:9s} {r.get('graph', ''):6s} {num(r['images_per_s'], '9.3f')} "
                      f"{num(r['latency_ms'], '11.0f')} {num(r['ratio_vs_keras_fp32'], '8.2f')}x "
                      f"{num(r['f1_delta'], '+9.4f')} {num(r['mask_agreement_pct'], '13.3f')} "
-                     f"{num(r['peak_rss_delta_mb'], '12.0f')}")
+                     f"{num(r.get('gflops_per_s'), '8.1f')} {num(r.get('pct_of_peak'), '7.1f')} "
+                     f"{num(r['peak_rss_delta_mb'], '12.0f')}{'  <- ' + r['default'] if r.get('default') else ''}")
     return "\n".join(lines)
 
 
 def machine_facts() -> dict:
-    """CPU model, core count and the SIMD extensions that decide bf16 / int8 speed (Linux /proc/cpuinfo)."""
-    facts = {"cpu": "unknown", "cores": os.cpu_count()}
+    """CPU model, core count and the SIMD extensions that decide bf16 / int8 speed (Linux /proc/cpuinfo), and
+    ``line``: the one-line form every speed figure is reported with."""
+    from .precision import machine_line
+
+    facts = {"cpu": "unknown", "cores": os.cpu_count(), "line": machine_line()}
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -367,7 +501,8 @@ def machine_facts() -> dict:
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
             break
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    from .precision import MACHINE_FLAGS as wanted
+
     facts["simd"] = [f for f in wanted if f in flags]
     try:
         import openvino as ov

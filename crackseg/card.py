@@ -38,7 +38,7 @@ def write_card(model_path: str | Path, info: dict) -> Path:
 def recorded_sha256(card: dict, file_name: str) -> list[str]:
     """Every sha256 a card records for ``file_name``: the top-level one when it is the card's ``model`` (the .keras
     file), and that of each ``exports`` entry whose ``file`` it is (.onnx, _fast.onnx, .engine; see
-    ``crackseg.export.write_export_card``)."""
+    ``write_export_card``)."""
     entries = [(card.get("model"), card.get("sha256"))]
     exports = card.get("exports")
     if isinstance(exports, dict):
@@ -77,3 +77,54 @@ def model_facts(model, input_size: int = 448) -> dict:
 
     gflops = round(count_flops(model, input_size) / 1e9, 3) if can_count_flops() else None
     return {"params": int(model.count_params()), "gflops": gflops, "flops_input_size": input_size}
+
+
+def complete_card_facts(model_path: str | Path, net) -> bool:
+    """Fill in the GFLOPs of a .keras model's card written where TensorFlow was missing (Train_3 on a JAX or PyTorch
+    GPU machine; see ``crackseg.card.model_facts``). The model file is unchanged, so its sha256 stays valid.
+    Returns whether the card changed."""
+    dest = card_path(model_path)
+    if not dest.is_file():
+        return False
+    card = read_card(model_path)
+    if card.get("gflops") is not None:
+        return False
+    card.update(model_facts(net, int(card.get("flops_input_size", 448))))
+    atomic_write_json(dest, card)
+    return True
+
+
+def write_export_card(source: str | Path | None, out_path: str | Path, fmt: str, info: dict) -> Path:
+    """Model card beside ``out_path`` with ``exports[fmt] = info`` added: the destination's card when it describes
+    the source's model (``student.keras`` and ``student.onnx`` share one), else a copy of the source's card.
+
+    A card left beside ``out_path`` by an earlier model (another top-level sha256) is replaced, not extended: after
+    retraining, a re-export must not keep the old model's threshold and validation metrics (student_fast.json)."""
+    dest = card_path(out_path)
+    card = read_card(out_path) if dest.is_file() else {}
+    source_card = read_card(source) if source and card_path(source).is_file() else {}
+    if source_card and card.get("sha256") != source_card.get("sha256"):
+        card = source_card
+    if "threshold" not in card and "threshold" in source_card:
+        card["threshold"] = source_card["threshold"]
+    entry = {"file": Path(out_path).name, "sha256": sha256(out_path)}
+    weights = Path(out_path).with_suffix(".bin")
+    if Path(out_path).suffix.lower() == ".xml" and weights.is_file():  # an OpenVINO IR is two files
+        entry["bin_sha256"] = sha256(weights)
+    card.setdefault("exports", {})[fmt] = {**entry, **info}
+    atomic_write_json(dest, card)
+    return dest
+
+
+def drop_export(out_path: str | Path, fmt: str) -> bool:
+    """Remove the ``exports[fmt]`` entry from the card beside ``out_path`` (a superseded export whose file is gone);
+    returns whether the card changed."""
+    dest = card_path(out_path)
+    if not dest.is_file():
+        return False
+    card = read_card(out_path)
+    if fmt not in card.get("exports", {}):
+        return False
+    del card["exports"][fmt]
+    atomic_write_json(dest, card)
+    return True

@@ -305,6 +305,44 @@ def write_splits(data: str, out: str | Path, val_fraction: float = 0.1, seed: in
     return {"train": len(train), "val": len(val)}
 
 
+# ---------------------------------------------------------------------------------------------- sampling real images
+def _spread(items: list, count: int) -> list:
+    """Up to ``count`` items evenly spaced over ``items``."""
+    if count <= 0 or not items:
+        return []
+    picks = np.unique(np.linspace(0, len(items) - 1, min(count, len(items))).round().astype(int))
+    return [items[i] for i in picks]
+
+
+def sample_images(data: str, count: int, split: str = "val", lists: str | None = None) -> list[np.ndarray]:
+    """``count`` real RGB images from ``split`` of a dataset root (any layout ``crackseg.data`` reads), spread
+    evenly over it and topped up from the other splits when it is smaller; or from a plain folder of images."""
+    root = Path(data)
+    try:
+        splits = load_split(str(data), lists)
+        primary = _spread([s.image for s in splits[split]], count)
+        others = [s.image for name in splits if name != split for s in splits[name]]
+        paths = primary + _spread(others, count - len(primary))
+    except DataError:
+        folder = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS) if root.is_dir() else []
+        paths = _spread(folder, count)
+    if not paths:
+        raise DataError(f"{data}: no images found (a dataset root or a folder of images)")
+    return [read_image(p) for p in paths]
+
+
+def square_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """A ``size`` x ``size`` centre crop at native scale (resized up when the image is smaller)."""
+    h, w = image.shape[:2]
+    if min(h, w) < size:
+        scale = size / min(h, w)
+        image = cv2.resize(image, (max(size, round(w * scale)), max(size, round(h * scale))),
+                           interpolation=cv2.INTER_LINEAR)
+        h, w = image.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(image[top:top + size, left:left + size])
+
+
 if __name__ == "__main__":  # python -m crackseg.data DATA_ROOT OUT_DIR [VAL_FRACTION] [SEED]
     import sys
 

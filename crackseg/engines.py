@@ -1,10 +1,12 @@
 """One inference interface over every model format: Keras/TF, ONNX Runtime, OpenVINO (CPU) and TensorRT.
 
     engine = open_engine("weights/student.onnx")          # backend from the suffix; threshold from the model card
+    engine = open_engine("weights/student.onnx", precision="auto")  # fastest accurate precision for this CPU
     prob = engine.predict(rgb_uint8)                       # float32 HxW crack probability
     mask = prob >= engine.threshold
+    for prob in engine.predict_many(images): ...           # throughput mode (OpenVINO: async requests in flight)
 
-``path_or_preset`` is a model file (``.keras`` / ``.onnx`` / ``.engine``) or a preset name of ``model.PRESETS``
+``path_or_preset`` is a model file (``.keras`` / ``.onnx`` / OpenVINO ``.xml`` / ``.engine``) or a preset name of ``model.PRESETS``
 (``"student"``): an untrained deployable network, so a device's toolchain can be checked before any training.
 
 Every backend uses ``crackseg.preprocess.prepare`` / ``crop_back``, so all formats see the same pixels. This module
@@ -15,25 +17,29 @@ Adding a backend (e.g. a fast CPU runtime): subclass ``Engine``, implement ``_in
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import threading
 import weakref
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from .card import CardError, card_path, read_card
+from .errors import EngineError
+from .precision import (CPU_PRECISIONS, MAX_INT8_F1_DROP, PRECISIONS, int8_units, normalize_precision,
+                        openvino_capabilities, openvino_cpu_config)
 from .preprocess import crop_back, prepare
+
+__all__ = ["EngineError", "Engine", "open_engine", "PRECISIONS", "CPU_PRECISIONS", "openvino_cpu_config"]
 
 DEFAULT_THRESHOLD = 0.5
 KERAS_SUFFIXES = (".keras", ".h5")
 ONNX_SUFFIXES = (".onnx",)
+OPENVINO_SUFFIXES = (".xml",)  # OpenVINO IR (.xml + .bin beside it): the full-int8 model TensorRT.py --cpu_int8 writes
 TENSORRT_SUFFIXES = (".engine", ".plan", ".trt")
-
-
-class EngineError(ValueError):
-    """A model that cannot be opened or an input it cannot take; the message names the file."""
 
 
 # ---------------------------------------------------------------------------------------------- model cards
@@ -76,7 +82,8 @@ class Engine:
 
     backend = "none"
     max_batch: int | None = None  # None: any batch size
-    precision = "f32"  # the arithmetic inference runs in (OpenVINO may run bf16, a TensorRT engine what it was built as)
+    precision = "fp32"  # the arithmetic inference runs in (OpenVINO may run bf16 / int8, a TensorRT engine as built)
+    choice = ""  # why this precision, when it was chosen automatically (precision="auto"); shown by describe()
 
     def _identify(self, path_or_preset: str, threshold: float | None) -> None:
         """Name, model card and threshold of a model file (card beside it) or an untrained preset (no card)."""
@@ -127,12 +134,22 @@ class Engine:
                     results[i] = prob
         return results  # type: ignore[return-value]
 
+    def predict_many(self, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Throughput mode: the probability of each image of ``images`` (any iterable, read lazily), in order.
+
+        This default predicts one image after another; a backend with asynchronous inference (OpenVINO) keeps
+        several requests in flight, so reading / decoding the next images and post-processing the finished ones
+        overlap inference."""
+        for image in images:
+            yield self.predict(image)
+
     def mask(self, prob: np.ndarray) -> np.ndarray:
         """Boolean crack mask at this engine's threshold."""
         return np.asarray(prob) >= self.threshold
 
     def describe(self) -> str:
-        return f"{self.name} [{self.backend}] threshold {self.threshold:g}"
+        text = f"{self.name} [{self.backend}] threshold {self.threshold:g}"
+        return f"{text}; {self.choice}" if self.choice else text
 
     def close(self) -> None:
         """Release runtime resources (sessions, GPU buffers); the engine cannot predict afterwards."""
@@ -208,7 +225,7 @@ def onnx_file_for(path_or_preset: str) -> tuple[Path, str | None]:
             raise EngineError(f"{path}: ONNX file not found")
         return path, None
     if path.suffix.lower() in KERAS_SUFFIXES or is_preset(path_or_preset):
-        from .export import export_onnx
+        from .onnx_export import export_onnx
 
         tmp = tempfile.mkdtemp(prefix="crackseg_onnx_")
         try:
@@ -262,34 +279,48 @@ class OnnxEngine(Engine):
 
 # ---------------------------------------------------------------------------------------------- OpenVINO (CPU)
 FAST_ONNX_SUFFIX = "_fast"  # weights/student.onnx -> weights/student_fast.onnx (clean export, TensorRT.py --fast)
-INT8_ONNX_SUFFIX = "_int8"  # weights/student.onnx -> weights/student_int8.onnx (QDQ int8, TensorRT.py --cpu_int8)
+INT8_ONNX_SUFFIX = "_int8"  # weights/student.onnx -> weights/student_int8.xml (full int8, TensorRT.py --cpu_int8)
+INT8_EXPORTS = ("openvino_int8", "onnx_int8")  # model card entries of an int8 model (IR, then the older QDQ onnx)
 
 
-def _sibling(onnx_path: str | Path, suffix: str) -> Path:
+def _sibling(onnx_path: str | Path, suffix: str, ext: str | None = None) -> Path:
     onnx_path = Path(onnx_path)
     stem = onnx_path.stem
+    ext = ext or onnx_path.suffix
     for known in (FAST_ONNX_SUFFIX, INT8_ONNX_SUFFIX):
         if stem.endswith(known):
-            if known == suffix:
+            if known == suffix and ext == onnx_path.suffix:
                 return onnx_path
             stem = stem[:-len(known)]
-    return onnx_path.with_name(f"{stem}{suffix}{onnx_path.suffix}")
+    return onnx_path.with_name(f"{stem}{suffix}{ext}")
 
 
 def fast_onnx_for(onnx_path: str | Path) -> Path:
     """The clean (fast-CPU) export that ships beside an ONNX file: ``student.onnx`` -> ``student_fast.onnx``."""
-    return _sibling(onnx_path, FAST_ONNX_SUFFIX)
+    return _sibling(onnx_path, FAST_ONNX_SUFFIX, ".onnx")
 
 
 def int8_onnx_for(onnx_path: str | Path) -> Path:
-    """The int8 QDQ model that ships beside an ONNX file: ``student.onnx`` (or ``student_fast.onnx``) ->
-    ``student_int8.onnx``."""
-    return _sibling(onnx_path, INT8_ONNX_SUFFIX)
+    """The int8 QDQ ONNX name beside an ONNX file: ``student.onnx`` (or ``student_fast.onnx``) ->
+    ``student_int8.onnx`` (written before the full-int8 OpenVINO IR; still read when no IR is there)."""
+    return _sibling(onnx_path, INT8_ONNX_SUFFIX, ".onnx")
+
+
+def int8_ir_for(onnx_path: str | Path) -> Path:
+    """The full-int8 OpenVINO IR beside an ONNX file: ``student.onnx`` -> ``student_int8.xml`` (+ ``.bin``)."""
+    return _sibling(onnx_path, INT8_ONNX_SUFFIX, ".xml")
+
+
+def int8_model_for(onnx_path: str | Path) -> Path:
+    """The int8 model that ships beside an ONNX file: the IR when it is there, else the QDQ ``_int8.onnx`` (which
+    may not exist either: callers check)."""
+    ir = int8_ir_for(onnx_path)
+    return ir if ir.is_file() else int8_onnx_for(onnx_path)
 
 
 def check_same_model(given: str | Path, sibling: Path) -> None:
     """Refuse a sibling export made from another model than ``given``: both cards name the trained file they come
-    from by its sha256, so a re-trained student next to a stale ``student_int8.onnx`` is caught, not run."""
+    from by its sha256, so a re-trained student next to a stale ``student_int8.xml`` is caught, not run."""
     if Path(given) == sibling or not model_card_path(sibling).is_file() or not model_card_path(given).is_file():
         return
     ours, theirs = read_model_card(given).get("sha256"), read_model_card(sibling).get("sha256")
@@ -298,28 +329,83 @@ def check_same_model(given: str | Path, sibling: Path) -> None:
                           f"{theirs[:12]} vs {ours[:12]}); re-export it with TensorRT.py")
 
 
-def openvino_cpu_config(precision: str = "f32") -> dict[str, str]:
-    """OpenVINO CPU compile settings naming the inference precision explicitly: OpenVINO's own default on CPUs with
-    avx512_bf16 or AMX is bf16, which changes the masks and fails fp32 parity checks."""
-    return {"INFERENCE_PRECISION_HINT": precision}
+def int8_validation(int8_path: Path) -> dict | None:
+    """The validation record (``{"f1_delta": ..., "images": ...}``) of an int8 model's card entry, or None."""
+    card = read_model_card(int8_path) if model_card_path(int8_path).is_file() else {}
+    for key in INT8_EXPORTS:
+        entry = card.get("exports", {}).get(key)
+        if isinstance(entry, dict) and entry.get("file") == int8_path.name:
+            record = entry.get("validation")
+            return record if isinstance(record, dict) and isinstance(record.get("f1_delta"), (int, float)) else None
+    return None
+
+
+def auto_precision(path_or_preset: str) -> tuple[str, str]:
+    """What ``precision="auto"`` means for OpenVINO on this CPU: (precision, the reason, one line).
+
+    int8 where the CPU has int8 dot-product units (AMX, AVX-512 VNNI, AVX-VNNI) and an int8 model lies beside the
+    ``.onnx`` whose card records a validation F1 within 0.5 pt of fp32 (``MAX_INT8_F1_DROP``; TensorRT.py
+    --cpu_int8 measures it); else bf16 where OpenVINO reports BF16; else fp32. Each fallback says why."""
+    bf16 = "BF16" in openvino_capabilities()
+    fallback = "bf16" if bf16 else "fp32"
+    because = "OpenVINO reports BF16" if bf16 else "OpenVINO reports no BF16 on this CPU"
+    units = int8_units()
+    if not units:
+        return fallback, f"auto: {fallback} (no int8 dot-product units (VNNI / AMX) on this CPU; {because})"
+    path = Path(path_or_preset)
+    if path.suffix.lower() not in ONNX_SUFFIXES + OPENVINO_SUFFIXES:
+        return fallback, f"auto: {fallback} (CPU has {'/'.join(units)} but int8 needs the exported .onnx with its " \
+                         f"int8 model beside it, not {path.name}; {because})"
+    int8 = path if path.stem.endswith(INT8_ONNX_SUFFIX) else int8_model_for(path)
+    if not int8.is_file():
+        return fallback, (f"auto: {fallback} (CPU has {'/'.join(units)} but no {int8_ir_for(path).name} beside "
+                          f"{path.name}: python TensorRT.py --cpu_int8 writes it; {because})")
+    try:
+        check_same_model(path, int8)
+    except EngineError:
+        return fallback, f"auto: {fallback} ({int8.name} was made from another model than {path.name}; {because})"
+    record = int8_validation(int8)
+    if record is None:
+        return fallback, (f"auto: {fallback} ({int8.name}'s card records no validation F1 against fp32; re-export "
+                          f"with TensorRT.py --cpu_int8; {because})")
+    delta = float(record["f1_delta"])
+    if delta < -MAX_INT8_F1_DROP:
+        return fallback, (f"auto: {fallback} ({int8.name} loses {-100 * delta:.2f} pt validation F1, more than "
+                          f"{100 * MAX_INT8_F1_DROP:g} pt; {because})")
+    return "int8", (f"auto: int8 (CPU has {'/'.join(units)}; {int8.name} validation F1 {100 * delta:+.2f} pt vs "
+                    f"fp32 on {record.get('images', '?')} images)")
+
+
+def default_cache_dir() -> str:
+    """Where compiled OpenVINO models are cached (``$CRACKSEG_CACHE`` or ``~/.cache/crackseg``, + ``/openvino``), so
+    the first frame of the next run does not pay the compile; ``CRACKSEG_CACHE=""`` turns caching off."""
+    root = os.environ.get("CRACKSEG_CACHE")
+    if root == "":
+        return ""
+    return str(Path(root or Path.home() / ".cache" / "crackseg") / "openvino")
 
 
 class OpenVinoEngine(Engine):
-    """OpenVINO on the CPU: the default on machines without an NVIDIA GPU (chosen by benchmark.py; README, Inference speed).
+    """OpenVINO on the CPU: the default on machines without an NVIDIA GPU (chosen by benchmark.py; docs/speed.md).
 
     Reads the clean export beside an ONNX file (``student_fast.onnx``: native InstanceNormalization and dilated
     convolutions) when it exists, else the file itself; a ``.keras`` file or preset is exported clean to a temporary
-    file. One compiled model per input shape (static shapes compile to faster kernels), latency hint, one stream,
-    ``threads`` inference threads (0: all cores). ``precision`` "f32" keeps the fp32 masks; "bf16" is only honoured
-    on CPUs that report BF16 (AMX / AVX-512 BF16); "int8" reads the quantised ``student_int8.onnx`` beside the
-    given ``.onnx`` (fast with VNNI / AMX, no faster than f32 without), refused when its card names another model.
+    file; an OpenVINO IR (``.xml``) is read as it is. One compiled model per input shape (static shapes compile to
+    faster kernels), latency hint, one stream, ``threads`` inference threads (0: all cores); compiled models are
+    cached in ``cache_dir`` (``default_cache_dir()``; "" off). ``precision`` "fp32" keeps the fp32 masks; "bf16" is
+    only honoured on CPUs that report BF16 (AMX / AVX-512 BF16); "int8" reads the int8 model beside the given
+    ``.onnx`` (``student_int8.xml``, else ``student_int8.onnx``; fast with VNNI / AMX), refused when its card names
+    another model; "auto" chooses one of them (``auto_precision``) and says why in ``choice``.
+
+    ``predict_many`` is the throughput mode: its own compiled model per shape with the THROUGHPUT hint (several
+    streams) and an ``AsyncInferQueue`` of as many requests as OpenVINO finds optimal.
     """
 
     backend = "openvino"
     max_shapes = 4  # compiled input shapes kept (a camera has one; evaluation folders a few)
 
     def __init__(self, path_or_preset: str, threshold: float | None = None, threads: int = 0,
-                 precision: str = "f32"):
+                 precision: str = "fp32", cache_dir: str | None = None):
         try:
             import openvino as ov
         except ImportError as exc:
@@ -327,57 +413,77 @@ class OpenVinoEngine(Engine):
         preset = is_preset(path_or_preset)
         self._identify(path_or_preset, threshold)
         path = Path(path_or_preset)
-        if precision not in PRECISIONS:
-            raise EngineError(f"{path_or_preset}: unknown OpenVINO precision {precision!r}; choose one of {PRECISIONS}")
+        try:
+            precision = normalize_precision(precision)
+        except EngineError:
+            raise EngineError(f"{path_or_preset}: unknown OpenVINO precision {precision!r}; choose one of "
+                              f"{CPU_PRECISIONS}") from None
+        if precision == "auto":
+            precision, self.choice = auto_precision(path_or_preset)
+        suffix = path.suffix.lower()
         int8 = precision == "int8" or path.stem.endswith(INT8_ONNX_SUFFIX)
-        if int8 and path.suffix.lower() not in ONNX_SUFFIXES:
-            raise EngineError(f"{path_or_preset}: int8 runs the quantised {INT8_ONNX_SUFFIX}.onnx that TensorRT.py "
+        if int8 and suffix not in ONNX_SUFFIXES + OPENVINO_SUFFIXES:
+            raise EngineError(f"{path_or_preset}: int8 runs the int8 model ({INT8_ONNX_SUFFIX}.xml) that TensorRT.py "
                               f"--cpu_int8 writes beside an .onnx; give that .onnx")
-        if path.suffix.lower() in ONNX_SUFFIXES:
+        if suffix in ONNX_SUFFIXES + OPENVINO_SUFFIXES:
             if not path.is_file():
-                raise EngineError(f"{path}: ONNX file not found")
+                raise EngineError(f"{path}: {'ONNX' if suffix in ONNX_SUFFIXES else 'OpenVINO IR'} file not found")
             if int8:
-                onnx_path = int8_onnx_for(path)
-                if not onnx_path.is_file():
-                    raise EngineError(f"{onnx_path}: int8 model not found; write it with "
+                model_path = path if path.stem.endswith(INT8_ONNX_SUFFIX) else int8_model_for(path)
+                if not model_path.is_file():
+                    raise EngineError(f"{int8_ir_for(path)}: int8 model not found; write it with "
                                       f"python TensorRT.py --model={path} --cpu_int8")
+            elif suffix in ONNX_SUFFIXES:
+                model_path = fast_onnx_for(path) if fast_onnx_for(path).is_file() else path
             else:
-                onnx_path = fast_onnx_for(path) if fast_onnx_for(path).is_file() else path
-            check_same_model(path, onnx_path)
-        elif path.suffix.lower() in KERAS_SUFFIXES or preset:
-            from .export import export_onnx
+                model_path = path
+            check_same_model(path, model_path)
+        elif suffix in KERAS_SUFFIXES or preset:
+            from .onnx_export import export_onnx
 
             tmp = tempfile.mkdtemp(prefix="crackseg_openvino_")
             self._cleanup = weakref.finalize(self, shutil.rmtree, tmp, True)
-            onnx_path = export_onnx(load_deployable_keras(path_or_preset), Path(tmp) / "model.onnx", clean=True)
+            model_path = export_onnx(load_deployable_keras(path_or_preset), Path(tmp) / "model.onnx", clean=True)
+            cache_dir = ""  # a temporary export: nothing worth caching
         else:
-            raise EngineError(f"{path}: the openvino backend reads .onnx, .keras or a preset")
-        self.onnx_path = onnx_path
-        if path.suffix.lower() in ONNX_SUFFIXES:  # errors name the file read (student_fast.onnx), not a temporary one
-            self.model_file = str(onnx_path)
+            raise EngineError(f"{path}: the openvino backend reads .onnx, .xml, .keras or a preset")
+        self.onnx_path = model_path  # the file read (kept under its old name: callers and tests use it)
+        if suffix in ONNX_SUFFIXES + OPENVINO_SUFFIXES:  # errors name the file read (student_fast.onnx)
+            self.model_file = str(model_path)
         self.core = ov.Core()
-        capabilities = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        self.precision = "bf16" if precision == "bf16" and "BF16" in capabilities else "f32"
-        # int8 lives in the model's QDQ pairs; the ops between them (norms, gates) run at f32
+        self.precision = "bf16" if precision == "bf16" and "BF16" in openvino_capabilities() else "fp32"
+        # int8 lives in the model's quantise / dequantise pairs; what stays unquantised runs in fp32
         self.config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, **openvino_cpu_config(self.precision)}
         if int8:
             self.precision = "int8"
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+        if self.cache_dir:
+            self.config["CACHE_DIR"] = self.cache_dir
         try:
-            self.model = self.core.read_model(str(onnx_path))
+            self.model = self.core.read_model(str(model_path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
-            raise EngineError(f"{onnx_path}: OpenVINO cannot read it ({exc})") from None
+            raise EngineError(f"{model_path}: OpenVINO cannot read it ({exc})") from None
         self._compiled: dict[tuple[int, ...], object] = {}
+        self._throughput: dict[tuple[int, ...], object] = {}
+
+    def _compile(self, shape: tuple[int, ...], hint: str):
+        model = self.model.clone()
+        model.reshape({model.inputs[0].any_name: list(shape)})
+        config = dict(self.config, PERFORMANCE_HINT=hint)
+        if hint == "THROUGHPUT":
+            config.pop("NUM_STREAMS")  # the hint chooses the streams
+        try:
+            return self.core.compile_model(model, "CPU", config)
+        except Exception as exc:
+            raise EngineError(f"{self.model_file}: OpenVINO cannot compile it for {shape} ({exc})") from None
 
     def _request(self, shape: tuple[int, ...]):
         if shape not in self._compiled:
             if len(self._compiled) >= self.max_shapes:
                 self._compiled.pop(next(iter(self._compiled)))
-            model = self.model.clone()
-            model.reshape({model.inputs[0].any_name: list(shape)})
-            compiled = self.core.compile_model(model, "CPU", self.config)
-            self._compiled[shape] = compiled.create_infer_request()
+            self._compiled[shape] = self._compile(shape, "LATENCY").create_infer_request()
         return self._compiled[shape]
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
@@ -385,11 +491,81 @@ class OpenVinoEngine(Engine):
         request.infer({0: batch})
         return np.array(request.get_output_tensor(0).data, copy=True)
 
+    def _queue(self, shape: tuple[int, ...], jobs: int):
+        import openvino as ov
+
+        if shape not in self._throughput:
+            if len(self._throughput) >= self.max_shapes:
+                self._throughput.pop(next(iter(self._throughput)))
+            compiled = self._compile(shape, "THROUGHPUT")
+            count = jobs or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self._throughput[shape] = ov.AsyncInferQueue(compiled, max(1, count))
+        return self._throughput[shape]
+
+    def predict_many(self, images: Iterable[np.ndarray], jobs: int = 0) -> Iterator[np.ndarray]:
+        """Throughput mode (see the class): probabilities in input order; ``jobs`` requests in flight (0: OpenVINO's
+        optimal number). Reading the next image (the caller's iterator) and cropping finished ones overlap
+        inference; at most ``jobs`` images per input size are in flight, so memory stays bounded."""
+        done: dict[int, np.ndarray] = {}
+        failed: list[BaseException] = []
+        lock = threading.Lock()
+
+        def finished(request, userdata) -> None:
+            index, size, expected = userdata
+            try:
+                raw = np.asarray(request.get_output_tensor(0).data)
+                if raw.shape not in (expected, expected + (1,)):
+                    raise EngineError(f"{self.model_file}: output of shape {raw.shape} for an input of "
+                                      f"{expected + (3,)}; expected (N, H, W, 1) -- re-export the model (TensorRT.py)")
+                prob = crop_back(raw, size)[0].astype(np.float32, copy=True)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+                with lock:
+                    failed.append(exc)
+                return
+            with lock:
+                done[index] = prob
+
+        queues = []
+        next_out = 0
+        try:
+            for index, image in enumerate(images):
+                image = np.asarray(image)
+                if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+                    raise EngineError(f"image {index}: expected RGB uint8 HxWx3, got {image.dtype} {image.shape}")
+                batch, size = prepare(image)
+                queue = self._queue(tuple(batch.shape), jobs)
+                if queue not in queues:
+                    queues.append(queue)
+                    queue.set_callback(finished)
+                queue.start_async({0: batch}, (index, size, tuple(batch.shape[:3])))  # waits for an idle request
+                while True:
+                    with lock:
+                        if failed:
+                            raise failed[0]
+                        prob = done.pop(next_out, None)
+                    if prob is None:
+                        break
+                    next_out += 1
+                    yield prob
+            for queue in queues:
+                queue.wait_all()
+            if failed:
+                raise failed[0]
+            while next_out in done:
+                yield done.pop(next_out)
+                next_out += 1
+        finally:
+            for queue in queues:  # a caller that stops early leaves nothing running
+                queue.wait_all()
+
     def describe(self) -> str:
-        return f"{super().describe()} ({Path(self.onnx_path).name}, {self.precision})"
+        text = f"{self.name} [{self.backend}] threshold {self.threshold:g} ({Path(self.onnx_path).name}, " \
+               f"{self.precision})"
+        return f"{text}; {self.choice}" if self.choice else text
 
     def close(self) -> None:
         self._compiled.clear()
+        self._throughput.clear()
         self.model = None
         if hasattr(self, "_cleanup"):
             self._cleanup()
@@ -407,7 +583,7 @@ class TensorRTEngine(Engine):
     backend = "tensorrt"
 
     def __init__(self, path_or_preset: str, threshold: float | None = None):
-        from .export import import_tensorrt
+        from .tensorrt import import_tensorrt, trt_logger
 
         trt, cuda = import_tensorrt()
         self._trt, self._cuda = trt, cuda
@@ -421,7 +597,7 @@ class TensorRTEngine(Engine):
         self._cuda_context.push()
         try:
             serialized = self._serialized_engine(path_or_preset)
-            self._runtime = trt.Runtime(_trt_logger(trt))
+            self._runtime = trt.Runtime(trt_logger(trt))
             self.engine = self._runtime.deserialize_cuda_engine(serialized)
             if self.engine is None:
                 raise EngineError(f"{path_or_preset}: TensorRT cannot deserialize the engine (built by another "
@@ -451,7 +627,7 @@ class TensorRTEngine(Engine):
             if not path.is_file():
                 raise EngineError(f"{path}: TensorRT engine not found")
             return path.read_bytes()
-        from .export import build_tensorrt_engine
+        from .tensorrt import build_tensorrt_engine
 
         onnx_path, tmp = onnx_file_for(path_or_preset)
         try:
@@ -512,16 +688,6 @@ class TensorRTEngine(Engine):
             self._cuda_context = None
 
 
-def _trt_logger(trt):
-    global _TRT_LOGGER
-    if _TRT_LOGGER is None:
-        _TRT_LOGGER = trt.Logger(trt.Logger.WARNING)
-    return _TRT_LOGGER
-
-
-_TRT_LOGGER = None
-
-
 # ---------------------------------------------------------------------------------------------- choosing
 _BACKENDS: dict[str, Callable[..., Engine]] = {
     "keras": KerasEngine,
@@ -547,7 +713,7 @@ def _has_module(name: str) -> bool:
 
 
 def default_cpu_backend() -> str:
-    """The measured-fastest CPU runtime installed here (benchmark.py, README.md (Inference speed)): OpenVINO on the clean
+    """The measured-fastest CPU runtime installed here (benchmark.py, docs/speed.md): OpenVINO on the clean
     export, else ONNX Runtime. A machine whose ONNX Runtime has CUDA keeps ONNX Runtime (it runs on the GPU)."""
     if _has_module("onnxruntime"):
         import onnxruntime as ort
@@ -560,7 +726,7 @@ def default_cpu_backend() -> str:
 
 
 def choose_backend(path_or_preset: str) -> str:
-    """What ``backend="auto"`` means: TensorRT for engines, Keras for ``.keras``; an ONNX file or a preset runs on
+    """What ``backend="auto"`` means: TensorRT for engines, Keras for ``.keras``, OpenVINO for an IR ``.xml``; an ONNX file or a preset runs on
     the fastest CPU runtime installed (OpenVINO, then ONNX Runtime; ONNX Runtime when it has CUDA), a preset on
     Keras when neither is installed."""
     suffix = Path(path_or_preset).suffix.lower()
@@ -570,36 +736,38 @@ def choose_backend(path_or_preset: str) -> str:
         return "keras"
     if suffix in ONNX_SUFFIXES:
         return default_cpu_backend()
+    if suffix in OPENVINO_SUFFIXES:
+        return "openvino"
     if is_preset(path_or_preset):
         return default_cpu_backend() if _has_module("onnxruntime") or _has_module("openvino") else "keras"
     raise EngineError(f"{path_or_preset}: unknown model format {suffix!r} (expected "
-                      f"{', '.join(KERAS_SUFFIXES + ONNX_SUFFIXES + TENSORRT_SUFFIXES)} or a preset name)")
-
-
-PRECISIONS = ("f32", "bf16", "int8")  # inference precision on the CPU; bf16 and int8 only through OpenVINO
+                      f"{', '.join(KERAS_SUFFIXES + ONNX_SUFFIXES + OPENVINO_SUFFIXES + TENSORRT_SUFFIXES)} or a preset name)")
 
 
 def open_engine(path_or_preset: str, backend: str = "auto", threshold: float | None = None,
-                precision: str = "f32") -> Engine:
+                precision: str = "fp32") -> Engine:
     """Open a model file or preset on ``backend`` (``auto``, or one of ``backends()``).
 
-    ``threshold`` overrides the model card's (default 0.5). ``precision="bf16"`` runs OpenVINO in bf16 where the CPU
-    reports BF16 (about 1.9x its fp32 on AVX-512 BF16, README: Inference speed) and in f32 elsewhere, which
-    ``describe()`` shows; ``precision="int8"`` runs the int8 model beside an ``.onnx`` on OpenVINO (1.7-2.1x f32
-    with AVX-512 VNNI); other backends only run f32.
+    ``threshold`` overrides the model card's (default 0.5). ``precision`` (``CPU_PRECISIONS``; ``f32`` is read as
+    ``fp32``): "bf16" runs OpenVINO in bf16 where the CPU reports BF16 and in fp32 elsewhere, which ``describe()``
+    shows; "int8" runs the int8 model beside an ``.onnx`` on OpenVINO; "auto" (camera.py's and evaluate.py's
+    default) picks the fastest accurate one for this CPU (``auto_precision``) on OpenVINO and says why in
+    ``engine.choice``, and is fp32 (TensorRT: as built) on the other backends. Other backends only run fp32.
     """
     path_or_preset = str(path_or_preset)
-    if precision not in PRECISIONS:
-        raise EngineError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    precision = normalize_precision(precision)
     if not is_preset(path_or_preset) and not Path(path_or_preset).exists():
         raise EngineError(f"{path_or_preset}: model file not found")
     if backend == "auto":
         backend = choose_backend(path_or_preset)
     if backend not in _BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; choose auto or one of {backends()}")
-    if precision == "f32":
-        return _BACKENDS[backend](path_or_preset, threshold=threshold)
-    if backend != OpenVinoEngine.backend:
+    if backend == OpenVinoEngine.backend and _BACKENDS[backend] is OpenVinoEngine:
+        return OpenVinoEngine(path_or_preset, threshold=threshold, precision=precision)
+    if precision not in ("fp32", "auto"):
         raise EngineError(f"precision {precision} needs the openvino backend, not {backend}")
-    return _BACKENDS[backend](path_or_preset, threshold=threshold, precision=precision)
-
+    engine = _BACKENDS[backend](path_or_preset, threshold=threshold)
+    if precision == "auto":
+        engine.choice = (f"auto: {engine.precision} (the {backend} backend runs "
+                         f"{'as built' if backend == 'tensorrt' else 'fp32 only'})")
+    return engine

@@ -12,8 +12,10 @@ Bad input raises ``DataError`` (one line naming the file); a model that cannot b
 """
 from __future__ import annotations
 
+import itertools
 import os
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
@@ -124,6 +126,22 @@ def dataset_pairs(data: str, predictions: str | Path | None = None, subset: str 
     return [Pair(stem, source, mask, _dataset_of(samples[stem].image.parent)) for stem, source, mask in matched]
 
 
+def balanced_subset(samples: list, per_dataset: int) -> list:
+    """Up to ``per_dataset`` samples of each dataset (the first part of a sample's ``id``: ``CRACK500/...``), spread
+    evenly over each one, in their order; 0 keeps them all. A check that must run many times (int8 accuracy
+    control) sees every dataset, not mostly the largest."""
+    if per_dataset <= 0:
+        return list(samples)
+    groups: dict[str, list] = {}
+    for sample in samples:
+        groups.setdefault(str(sample.id).split("/")[0], []).append(sample)
+    keep = set()
+    for members in groups.values():
+        picks = np.unique(np.linspace(0, len(members) - 1, min(per_dataset, len(members))).round().astype(int))
+        keep.update(id(members[i]) for i in picks)
+    return [s for s in samples if id(s) in keep]
+
+
 def spans_datasets(pairs: list[Pair]) -> bool:
     """Whether ``pairs`` come from more than one dataset (then reports are given per dataset too)."""
     return len({p.dataset for p in pairs}) > 1
@@ -214,12 +232,20 @@ def evaluate_predictions(pairs: list[Pair], threshold: float | None = None, dist
 
 
 def evaluate_engine(engine: Engine, labelled: Iterable[LabelledImage], distance: int = 2, warmup: int = 1,
-                    by_dataset: bool = False, on_prediction: Callable[[np.ndarray], None] | None = None) -> dict:
+                    by_dataset: bool = False, on_prediction: Callable[[np.ndarray], None] | None = None,
+                    throughput: bool = False, latency_runs: int = 3) -> dict:
     """The metrics report of ``engine`` (at its threshold) on ``labelled`` images, plus ``fps``: images per second
     of ``predict`` alone (decoding excluded) after ``warmup`` untimed calls on the first image.
 
+    ``throughput``: the images go through ``engine.predict_many`` (OpenVINO: several asynchronous requests in flight,
+    decoding the next images and scoring the finished ones overlapped), and ``fps`` is images per second of the
+    whole loop (decode + inference + metrics, wall clock); ``latency_ms`` is then the median single-image
+    ``predict`` of the first image (``latency_runs`` runs after the warm-up), for comparison.
+
     ``on_prediction`` receives each probability map (e.g. to compare backends' masks without predicting twice).
     """
+    if throughput:
+        return _evaluate_throughput(engine, labelled, distance, warmup, by_dataset, on_prediction, latency_runs)
     reports = DatasetReports(engine.threshold, distance, by_dataset)
     for i, item in enumerate(labelled):
         if i == 0:
@@ -233,14 +259,53 @@ def evaluate_engine(engine: Engine, labelled: Iterable[LabelledImage], distance:
     return reports.result()
 
 
+def _evaluate_throughput(engine: Engine, labelled: Iterable[LabelledImage], distance: int, warmup: int,
+                         by_dataset: bool, on_prediction: Callable[[np.ndarray], None] | None,
+                         latency_runs: int) -> dict:
+    reports = DatasetReports(engine.threshold, distance, by_dataset)
+    items = iter(labelled)
+    first = next(items, None)
+    if first is None:
+        return reports.result()
+    for _ in range(max(warmup, 1)):
+        engine.predict(first.image)  # compile / start-up is neither latency nor throughput
+    seconds = []
+    for _ in range(max(latency_runs, 1)):
+        start = time.perf_counter()
+        engine.predict(first.image)
+        seconds.append(time.perf_counter() - start)
+    waiting: deque[LabelledImage] = deque()
+
+    def images() -> Iterator[np.ndarray]:
+        for item in itertools.chain([first], items):
+            waiting.append(item)  # before its image is handed over: its prediction can only come after
+            yield item.image
+
+    count, start = 0, time.perf_counter()
+    for prob in engine.predict_many(images()):
+        item = waiting.popleft()
+        reports.update(prob, item.truth, item.dataset)
+        if on_prediction is not None:
+            on_prediction(prob)
+        count += 1
+    wall = time.perf_counter() - start
+    report = reports.result()
+    report["fps"] = count / wall if wall > 0 else 0.0
+    report["latency_ms"] = float(np.median(seconds)) * 1000
+    report["mode"] = "throughput"
+    return report
+
+
 def evaluate_model(model: str | Path, pairs: list[Pair], threshold: float | None = None, distance: int = 2,
-                   backend: str = "auto", precision: str = "f32") -> dict:
-    """``evaluate_engine`` of a model file on image pairs, plus the model's name, backend and the precision it ran
-    at; threshold default: the model card's."""
+                   backend: str = "auto", precision: str = "fp32", throughput: bool = False) -> dict:
+    """``evaluate_engine`` of a model file on image pairs, plus the model's name, backend, the precision it ran at
+    (and why, when ``precision="auto"`` chose it) and its one-line description; threshold default: the model
+    card's. ``throughput``: see ``evaluate_engine``."""
     with open_engine(str(model), backend, threshold, precision) as engine:
         report = evaluate_engine(engine, read_labelled(pairs, f"evaluate {engine.name}"), distance,
-                                 by_dataset=spans_datasets(pairs))
-        return {**report, "model": str(model), "backend": engine.backend, "precision": engine.precision}
+                                 by_dataset=spans_datasets(pairs), throughput=throughput)
+        return {**report, "model": str(model), "backend": engine.backend, "precision": engine.precision,
+                "precision_choice": engine.choice, "described": engine.describe()}
 
 
 def format_reports(report: dict) -> str:

@@ -4,7 +4,10 @@ statistics -> overlay -> save -> JPEG encode + send.
 
 With ``overlap=True`` inference stays on the calling thread while one helper thread reads the next frame and
 post-processes (statistics, overlay, save, encode, send) the previous one, so on a CPU-bound device the loop runs at
-close to the pure inference rate. Its own module rather than ``sources.py``: it ties engines, measure, viz and
+close to the pure inference rate. With ``throughput=True`` (camera.py on a folder or a video file) inference goes
+through ``engine.predict_many`` instead: OpenVINO keeps several requests in flight while the calling thread reads and
+decodes the next frames, and the helper thread post-processes the finished ones; frames still come out in order.
+Its own module rather than ``sources.py``: it ties engines, measure, viz and
 stream together, while ``sources.py`` stays frame I/O only.
 
     pipeline = FramePipeline(engine, saver=saver, send=sender.send, device="truck1")
@@ -15,6 +18,7 @@ stream together, while ``sources.py`` stays frame I/O only.
 from __future__ import annotations
 
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Generator, Iterable, Iterator
@@ -64,16 +68,19 @@ class FramePipeline:
 
     def __init__(self, engine: Engine, *, max_side: int = 0, saver: OverlaySaver | None = None,
                  send: Callable[[dict, bytes], None] | None = None, device: str = "camera", jpeg_quality: int = 80,
-                 overlap: bool = True, measure: Callable[[np.ndarray], dict] = crack_stats):
+                 overlap: bool = True, measure: Callable[[np.ndarray], dict] = crack_stats, throughput: bool = False):
         # measure: mask -> stats, e.g. functools.partial(measure.frame_stats, settings=...) for millimetres
+        # throughput: inference through engine.predict_many (folders / video files: several requests in flight)
         self.engine, self.max_side, self.saver, self.send, self.measure = engine, max_side, saver, send, measure
-        self.device, self.jpeg_quality, self.overlap = device, jpeg_quality, overlap
+        self.device, self.jpeg_quality, self.overlap, self.throughput = device, jpeg_quality, overlap, throughput
         self._fps, self._last_tick = 0.0, 0.0
 
     def results(self, frames: Iterable[tuple[str, np.ndarray]]) -> Generator[FrameResult, None, None]:
         """Process ``frames`` lazily (overlapped: one frame is read ahead of the one being inferred)."""
         self._fps, self._last_tick = 0.0, time.monotonic()
         iterator = iter(frames)
+        if self.throughput:
+            return self._throughput(iterator)
         return self._overlapped(iterator) if self.overlap else self._sequential(iterator)
 
     # -- the stages
@@ -83,17 +90,20 @@ class FramePipeline:
         item = next(frames, None)
         return None if item is None else (item[0], shrink(item[1], self.max_side))
 
+    def _tick(self) -> float:
+        now = time.monotonic()
+        rate = 1.0 / max(now - self._last_tick, 1e-6)
+        self._fps = rate if self._fps == 0.0 else 0.9 * self._fps + 0.1 * rate
+        self._last_tick = now
+        return self._fps
+
     def _infer(self, frame: np.ndarray) -> tuple[np.ndarray, float, float]:
         """(mask, inference ms, loop FPS); the FPS ticks once per frame, so it includes every stage and the
         consumer's own time (display, --fps_limit pacing)."""
         start = time.perf_counter()
         mask = self.engine.mask(self.engine.predict(frame))
         infer_ms = (time.perf_counter() - start) * 1000
-        now = time.monotonic()
-        rate = 1.0 / max(now - self._last_tick, 1e-6)
-        self._fps = rate if self._fps == 0.0 else 0.9 * self._fps + 0.1 * rate
-        self._last_tick = now
-        return mask, infer_ms, self._fps
+        return mask, infer_ms, self._tick()
 
     def _finish(self, index: int, name: str, frame: np.ndarray, mask: np.ndarray, infer_ms: float,
                 fps: float) -> FrameResult:
@@ -140,4 +150,35 @@ class FramePipeline:
         finally:
             # Runs on normal end, on an exception (ours or the helper's, re-raised by result()) and on close():
             # nothing is left running on a source, saver or sender the caller is about to close.
+            helper.shutdown(wait=True, cancel_futures=True)
+
+    def _throughput(self, frames: Iterator[tuple[str, np.ndarray]]) -> Generator[FrameResult, None, None]:
+        # The frames read ahead wait here in order until their prediction comes back (at most the engine's requests
+        # in flight plus one); ``infer_ms`` is the time between two finished frames (requests overlap).
+        waiting: deque[tuple[str, np.ndarray]] = deque()
+
+        def images():
+            while (item := self._read(frames)) is not None:
+                waiting.append(item)
+                yield item[1]
+
+        helper = ThreadPoolExecutor(1, thread_name_prefix=HELPER_THREAD_NAME)
+        predictions = self.engine.predict_many(images())
+        try:
+            finishing: Future[FrameResult] | None = None
+            index, last = 0, time.perf_counter()
+            for prob in predictions:
+                name, frame = waiting.popleft()
+                mask = self.engine.mask(prob)
+                now = time.perf_counter()
+                infer_ms, last = (now - last) * 1000, now
+                fps = self._tick()
+                if finishing is not None:
+                    yield finishing.result()
+                finishing = helper.submit(self._finish, index, name, frame, mask, infer_ms, fps)
+                index += 1
+            if finishing is not None:
+                yield finishing.result()
+        finally:
+            predictions.close()  # no request left in flight on a source the caller is about to close
             helper.shutdown(wait=True, cancel_futures=True)

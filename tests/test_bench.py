@@ -80,20 +80,29 @@ def test_benchmark_writes_rows_with_the_right_keys(tmp_path):
     out = tmp_path / "bench.json"
     argv = [sys.executable, "benchmark.py", "--size=64", "--runs=2", "--warmup=1", "--width=4", "--blocks=1",
             "--images=2", "--camera_frames=2", "--train_crop=64", "--train_batch=2", "--train_steps=1",
-            f"--data={tmp_path / 'no_data'}", "--skip=keras:mixed_bf16,onnxruntime:fp32-clean,openvino:fp32",
+            f"--data={tmp_path / 'no_data'}", "--skip=keras:bf16,onnxruntime:fp32:fast,openvino:fp32:plain",
             f"--json={out}"]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
-    rows = {(r["backend"], r["precision"]): r for r in report["rows"]}
-    assert {("keras", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32-clean"),
-            ("openvino", "int8")} <= set(rows)
+    rows = {(r["backend"], r["precision"], r["graph"]): r for r in report["rows"]}
+    assert {("keras", "fp32", "keras"), ("onnxruntime", "fp32", "plain"), ("onnxruntime", "int8", "qdq"),
+            ("openvino", "fp32", "fast"), ("openvino", "int8", "qdq"), ("openvino", "int8", "full")} <= set(rows)
+    assert ("keras", "bf16", "keras") not in rows and ("openvino", "fp32", "plain") not in rows  # --skip
     for row in rows.values():
         assert set(ROW_KEYS) <= set(row)
         assert row["images_per_s"] > 0 and row["latency_ms"] > 0 and row["ratio_vs_keras_fp32"] > 0
         assert 0 <= row["mask_agreement_pct"] <= 100 and row["f1_delta"] is not None
-    assert rows[("keras", "fp32")]["ratio_vs_keras_fp32"] == 1.0 and rows[("keras", "fp32")]["f1_delta"] == 0.0
-    assert rows[("openvino", "fp32-clean")]["mask_agreement_pct"] > 99.0
+        # effective GFLOP/s from the model's FLOPs, and its share of the peak measured in the row's precision
+        assert row["gflops_per_s"] == pytest.approx(report["gflop_per_image"] * row["images_per_s"])
+        assert row["pct_of_peak"] == pytest.approx(100 * row["gflops_per_s"] / report["peaks"][row["precision"]]
+                                                   ["gflops"])
+    assert set(report["peaks"]) >= {"fp32", "int8"} and all(p["gflops"] > 0 for p in report["peaks"].values())
+    assert rows[("keras", "fp32", "keras")]["ratio_vs_keras_fp32"] == 1.0
+    assert rows[("keras", "fp32", "keras")]["f1_delta"] == 0.0
+    assert rows[("openvino", "fp32", "fast")]["mask_agreement_pct"] > 99.0
+    assert report["auto"]["reason"].startswith("auto: ") and "machine: " in done.stdout and " cores, flags: " in \
+        done.stdout
     assert report["camera"]["backend"] == "openvino" and report["camera"]["pipeline_overlapped_fps"] > 0
     assert report["training"]["model_only_images_per_s"] > 0 and report["training"]["fit_images_per_s"] > 0
     assert "synthetic" in report["images"]

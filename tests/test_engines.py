@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, TINY_THRESHOLD
 from crackseg.engines import (DEFAULT_THRESHOLD, EngineError, Engine, OpenVinoEngine, backends, choose_backend,
                               fast_onnx_for, int8_onnx_for, open_engine, register_backend)
-from crackseg.export import tensorrt_status
+from crackseg.tensorrt import tensorrt_status
 
 
 def images(sizes, seed=0):
@@ -64,7 +64,7 @@ def test_predict_batch_mixed_sizes_equals_single(onnx_engine):
 
 
 def test_keras_source_on_onnx_backend_uses_a_temporary_export(tiny_model, monkeypatch):
-    import crackseg.export
+    import crackseg.onnx_export
 
     exported = []
 
@@ -73,7 +73,7 @@ def test_keras_source_on_onnx_backend_uses_a_temporary_export(tiny_model, monkey
         shutil.copyfile(tiny_model["onnx"], out_path)
         return out_path
 
-    monkeypatch.setattr(crackseg.export, "export_onnx", fake_export)
+    monkeypatch.setattr(crackseg.onnx_export, "export_onnx", fake_export)
     engine = open_engine(str(tiny_model["keras"]), backend="onnx")
     assert engine.backend == "onnx" and engine.threshold == TINY_THRESHOLD and exported[0].is_file()
     assert engine.predict(images([(32, 48)])[0]).shape == (32, 48)
@@ -193,13 +193,13 @@ def test_bf16_runs_on_openvino_where_the_cpu_has_it_and_is_refused_elsewhere(tin
     reference = open_engine(str(tiny_model["onnx"]), backend="openvino")
     engine = open_engine(str(tiny_model["onnx"]), precision="bf16")  # auto: OpenVINO on a CPU machine
     has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    assert engine.backend == "openvino" and engine.precision == ("bf16" if has_bf16 else "f32")
-    assert engine.describe().endswith(f", {engine.precision})") and reference.precision == "f32"
-    # bf16 keeps 8 mantissa bits: probabilities within a few hundredths of f32
+    assert engine.backend == "openvino" and engine.precision == ("bf16" if has_bf16 else "fp32")
+    assert engine.describe().endswith(f", {engine.precision})") and reference.precision == "fp32"
+    # bf16 keeps 8 mantissa bits: probabilities within a few hundredths of fp32
     np.testing.assert_allclose(engine.predict(image), reference.predict(image), atol=0.05)
     with pytest.raises(EngineError, match="precision bf16 needs the openvino backend, not onnx"):
         open_engine(str(tiny_model["onnx"]), backend="onnx", precision="bf16")
-    with pytest.raises(EngineError, match=r"unknown precision 'fp16'; choose one of \('f32', 'bf16', 'int8'\)"):
+    with pytest.raises(EngineError, match=r"unknown precision 'fp16'; choose one of \('auto', 'fp32', 'bf16', 'int8'\)"):
         open_engine(str(tiny_model["onnx"]), precision="fp16")
     with pytest.raises(EngineError, match="unknown OpenVINO precision 'fp16'"):  # the class itself checks it too
         OpenVinoEngine(str(tiny_model["onnx"]), precision="fp16")
@@ -216,13 +216,13 @@ def test_sibling_exports_are_named_from_any_of_them():
 def test_int8_runs_the_quantised_model_beside_the_onnx_and_refuses_a_stale_one(tiny_model, tmp_path):
     import onnx
 
-    from crackseg.export import quantize_int8
     from crackseg.io import sha256
+    from crackseg.quantize import quantize_int8
 
     for name in ("tiny.onnx", "tiny.json"):
         shutil.copyfile(tiny_model["folder"] / name, tmp_path / name)
     given = tmp_path / "tiny.onnx"
-    with pytest.raises(EngineError, match=r"tiny_int8\.onnx: int8 model not found; write it with .*--cpu_int8"):
+    with pytest.raises(EngineError, match=r"tiny_int8\.xml: int8 model not found; write it with .*--cpu_int8"):
         open_engine(str(given), precision="int8")
 
     calibration = images([(48, 64)] * 3, seed=1)
@@ -255,7 +255,8 @@ def test_int8_runs_the_quantised_model_beside_the_onnx_and_refuses_a_stale_one(t
 
 
 def test_engines_module_does_not_import_tensorflow():
-    code = ("import sys; import crackseg.engines, crackseg.export, crackseg.measure, crackseg.stream, crackseg.viz; "
+    code = ("import sys; import crackseg.engines, crackseg.export, crackseg.measure, crackseg.stream, crackseg.viz, "
+            "crackseg.onnx_export, crackseg.parity, crackseg.quantize, crackseg.tensorrt, crackseg.precision; "
             "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'onnxruntime', 'tensorrt') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -458,15 +459,17 @@ def simulated_tensorrt(calls: dict):
 def test_tensorrt_code_paths_on_a_simulated_runtime(tiny_model, synthetic_data, tmp_path, monkeypatch):
     import onnx
 
-    from crackseg import engines
-    from crackseg.export import build_tensorrt_engine, sample_images, write_export_card
+    from crackseg import tensorrt
+    from crackseg.card import write_export_card
+    from crackseg.data import sample_images
+    from crackseg.tensorrt import build_tensorrt_engine
 
     calls: dict = {}
     trt, pycuda, cuda = simulated_tensorrt(calls)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setitem(sys.modules, "pycuda", pycuda)
     monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
-    monkeypatch.setattr(engines, "_TRT_LOGGER", None)
+    monkeypatch.setattr(tensorrt, "_TRT_LOGGER", None)
 
     engine_path, cache = tmp_path / "tiny_int8.engine", tmp_path / "tiny_int8.calib"
     calibration = sample_images(str(synthetic_data), 6, "train", None)
@@ -480,7 +483,7 @@ def test_tensorrt_code_paths_on_a_simulated_runtime(tiny_model, synthetic_data, 
     engine = open_engine(str(engine_path))  # auto: .engine -> tensorrt
     reference = open_engine(str(tiny_model["onnx"]))
     assert engine.backend == "tensorrt" and engine.max_batch == 2 and engine.precision == "int8"
-    assert reference.precision == "f32"
+    assert reference.precision == "fp32"
     batch = images([(40, 52), (40, 52), (40, 52), (100, 120)], seed=3)
     for image, prob in zip(batch, engine.predict_batch(batch)):  # 3 of one size at max batch 2, then a larger one
         assert prob.shape == image.shape[:2]
@@ -495,3 +498,113 @@ def test_tensorrt_code_paths_on_a_simulated_runtime(tiny_model, synthetic_data, 
     onnx.save(channel_mean_model("unit_axis"), str(unit_axis))
     with pytest.raises(EngineError, match=r"unit_axis.onnx: output 'crack' has shape \(1, -1, -1, -1, 1\)"):
         build_tensorrt_engine(unit_axis, None, "fp32", min_size=16, opt_size=32, max_size=128)
+
+
+# ---------------------------------------------------------------------------------------------- precision=auto
+def test_precision_words_and_the_old_alias():
+    from crackseg.precision import normalize_precision, openvino_cpu_config
+
+    assert normalize_precision("f32") == normalize_precision("FP32") == "fp32"
+    assert normalize_precision("auto") == "auto" and normalize_precision("int8") == "int8"
+    with pytest.raises(EngineError, match="unknown precision 'int4'"):
+        normalize_precision("int4")
+    assert openvino_cpu_config("fp32") == {"INFERENCE_PRECISION_HINT": "f32"}  # OpenVINO's own word stays inside
+    assert openvino_cpu_config("bf16") == {"INFERENCE_PRECISION_HINT": "bf16"}
+
+
+def _int8_beside(tmp_path, tiny_model, f1_delta):
+    """tiny.onnx + its card, and a tiny_int8.onnx whose card records ``f1_delta`` (None: no validation record)."""
+    from crackseg.io import sha256
+
+    for name in ("tiny.onnx", "tiny.json"):
+        shutil.copyfile(tiny_model["folder"] / name, tmp_path / name)
+    int8 = tmp_path / "tiny_int8.onnx"
+    shutil.copyfile(tiny_model["onnx"], int8)  # stands in for an int8 model: auto only reads its card
+    card = {**json.loads((tmp_path / "tiny.json").read_text()), "sha256": "a" * 64}  # the trained file's
+    (tmp_path / "tiny.json").write_text(json.dumps(card))
+    entry = {"file": int8.name, "sha256": sha256(int8)}
+    if f1_delta is not None:
+        entry["validation"] = {"images": 42, "f1_delta": f1_delta}
+    (tmp_path / "tiny_int8.json").write_text(json.dumps({**card, "exports": {"onnx_int8": entry}}))
+    return tmp_path / "tiny.onnx"
+
+
+@pytest.mark.parametrize("units, caps, f1_delta, chosen, because", [
+    (["amx_int8", "avx512_vnni"], ("FP32", "BF16"), -0.001, "int8", "CPU has amx_int8/avx512_vnni; tiny_int8.onnx "
+                                                                    "validation F1 -0.10 pt vs fp32 on 42 images"),
+    (["avx512_vnni"], ("FP32", "BF16"), -0.02, "bf16", "loses 2.00 pt validation F1, more than 0.5 pt"),
+    (["avx_vnni"], ("FP32",), None, "fp32", "card records no validation F1"),
+    ([], ("FP32", "BF16"), -0.001, "bf16", "no int8 dot-product units"),
+    ([], ("FP32",), -0.001, "fp32", "OpenVINO reports no BF16"),
+])
+def test_auto_precision_follows_the_cpu_and_the_int8_card(tiny_model, tmp_path, monkeypatch, units, caps, f1_delta,
+                                                         chosen, because):
+    from crackseg import engines
+
+    monkeypatch.setattr(engines, "int8_units", lambda: units)
+    monkeypatch.setattr(engines, "openvino_capabilities", lambda: caps)
+    given = _int8_beside(tmp_path, tiny_model, f1_delta)
+    precision, reason = engines.auto_precision(str(given))
+    assert precision == chosen and reason.startswith(f"auto: {chosen} (") and because in reason, reason
+    engine = open_engine(str(given), precision="auto")
+    assert engine.precision == chosen and engine.choice == reason
+    assert engine.describe().endswith(reason) and "\n" not in engine.describe()
+    if chosen == "int8":
+        assert engine.model_file == str(tmp_path / "tiny_int8.onnx")
+
+
+def test_auto_refuses_an_int8_model_of_another_model_and_names_the_missing_one(tiny_model, tmp_path, monkeypatch):
+    from crackseg import engines
+
+    monkeypatch.setattr(engines, "int8_units", lambda: ["amx_int8"])
+    given = _int8_beside(tmp_path, tiny_model, 0.0)
+    card = json.loads((tmp_path / "tiny_int8.json").read_text())
+    (tmp_path / "tiny_int8.json").write_text(json.dumps({**card, "sha256": "b" * 64}))
+    precision, reason = engines.auto_precision(str(given))
+    assert precision != "int8" and "made from another model" in reason
+    (tmp_path / "tiny_int8.onnx").unlink()
+    precision, reason = engines.auto_precision(str(given))
+    assert precision != "int8" and "no tiny_int8.xml beside tiny.onnx" in reason and "--cpu_int8" in reason
+
+
+def test_auto_on_a_backend_without_precisions_is_fp32_and_says_so(tiny_model):
+    engine = open_engine(str(tiny_model["onnx"]), backend="onnx", precision="auto")
+    assert engine.precision == "fp32" and engine.choice == "auto: fp32 (the onnx backend runs fp32 only)"
+    assert open_engine(str(tiny_model["onnx"]), backend="onnx", precision="f32").precision == "fp32"  # old word
+
+
+# ---------------------------------------------------------------------------------------------- throughput, cache
+def test_predict_many_gives_predict_in_order_for_mixed_sizes(tiny_model, tmp_path):
+    batch = images([(40, 48), (33, 21), (40, 48), (64, 64), (40, 48)], seed=4)
+    engine = open_engine(str(tiny_model["onnx"]), backend="openvino", precision="fp32")
+    many = list(engine.predict_many(iter(batch)))
+    assert [p.shape for p in many] == [i.shape[:2] for i in batch]
+    for image, prob in zip(batch, many):
+        np.testing.assert_allclose(prob, engine.predict(image), atol=1e-5)
+    assert list(engine.predict_many(batch, jobs=1))[1].shape == (33, 21)
+    assert list(engine.predict_many([])) == []
+    stopped = engine.predict_many(batch)  # a caller that stops early leaves nothing running
+    assert next(stopped).shape == (40, 48)
+    stopped.close()
+    with pytest.raises(EngineError, match="image 1: expected RGB uint8"):
+        list(engine.predict_many([batch[0], np.zeros((8, 8), np.uint8)]))
+    onnx_engine = open_engine(str(tiny_model["onnx"]), backend="onnx")  # the sequential default of every backend
+    for image, prob in zip(batch, onnx_engine.predict_many(batch)):
+        np.testing.assert_allclose(prob, onnx_engine.predict(image), atol=1e-5)
+
+
+def test_compiled_models_are_cached_where_asked(tiny_model, tmp_path, monkeypatch):
+    from crackseg.engines import default_cache_dir
+
+    cache = tmp_path / "cache"
+    engine = OpenVinoEngine(str(tiny_model["onnx"]), cache_dir=str(cache))
+    engine.predict(images([(32, 48)])[0])
+    assert engine.config["CACHE_DIR"] == str(cache) and any(cache.iterdir())  # the compiled blob is there
+    again = OpenVinoEngine(str(tiny_model["onnx"]), cache_dir=str(cache))
+    np.testing.assert_allclose(again.predict(images([(32, 48)])[0]), engine.predict(images([(32, 48)])[0]),
+                               atol=1e-6)
+    assert "CACHE_DIR" not in OpenVinoEngine(str(tiny_model["onnx"]), cache_dir="").config
+    monkeypatch.setenv("CRACKSEG_CACHE", str(tmp_path / "env"))
+    assert default_cache_dir() == str(tmp_path / "env" / "openvino")
+    monkeypatch.setenv("CRACKSEG_CACHE", "")
+    assert default_cache_dir() == ""

@@ -1,4 +1,6 @@
-"""Keras -> ONNX export: checker, dynamic shapes, parity with Keras; TensorRT.py without TensorRT."""
+"""Keras -> ONNX export (crackseg.onnx_export): checker, dynamic shapes, parity with Keras (crackseg.parity), model
+cards of exports (crackseg.card), sampling real images (crackseg.data); TensorRT.py without TensorRT, and its
+--cpu_int8 (crackseg.quantize)."""
 from __future__ import annotations
 
 import json
@@ -13,7 +15,9 @@ import onnxruntime as ort
 import pytest
 
 from conftest import REPO, TINY_THRESHOLD
-from crackseg import export as ex
+from crackseg import card as cards
+from crackseg import data, parity, tensorrt
+from crackseg import onnx_export as ex
 from crackseg.card import CardError, read_card, write_card
 from crackseg.engines import KerasEngine, OnnxEngine, read_model_card
 from test_engines import channel_mean_model
@@ -137,10 +141,10 @@ def test_a_wrong_output_is_reported_not_reshaped():
 def test_parity_check_on_real_images(tiny_model, synthetic_data):
     reference = KerasEngine(str(tiny_model["keras"]))
     candidate = OnnxEngine(str(tiny_model["onnx"]))
-    images = ex.sample_images(str(synthetic_data), 3, "val", None)
+    images = data.sample_images(str(synthetic_data), 3, "val", None)
     assert len(images) == 3 and images[0].dtype == np.uint8
-    result = ex.parity_check(reference, candidate, images, reference.threshold)
-    assert result["passed"], ex.format_parity(result)
+    result = parity.parity_check(reference, candidate, images, reference.threshold)
+    assert result["passed"], parity.format_parity(result)
     assert result["max_abs_diff"] <= 1e-3
     assert result["mask_diff_pixels"] == result["mask_diff_borderline"]  # only pixels within 1e-3 of the threshold
     assert result["threshold"] == TINY_THRESHOLD
@@ -154,15 +158,15 @@ def test_parity_check_catches_a_different_model(tiny_model, synthetic_data):
             return reference.predict(image) + 0.01
 
     reference = OnnxEngine(str(tiny_model["onnx"]))
-    images = ex.sample_images(str(synthetic_data), 2, "train", None)
-    result = ex.parity_check(reference, Shifted(), images, 0.5)
-    assert not result["passed"] and "FAIL" in ex.format_parity(result)
+    images = data.sample_images(str(synthetic_data), 2, "train", None)
+    result = parity.parity_check(reference, Shifted(), images, 0.5)
+    assert not result["passed"] and "FAIL" in parity.format_parity(result)
 
 
 def test_export_card_keeps_threshold_and_records_the_export(tiny_model, tmp_path):
     out = tmp_path / "copy.onnx"
     shutil.copyfile(tiny_model["onnx"], out)
-    card_file = ex.write_export_card(tiny_model["keras"], out, "onnx", {"opset": 17})
+    card_file = cards.write_export_card(tiny_model["keras"], out, "onnx", {"opset": 17})
     card = json.loads(card_file.read_text())
     assert card_file == tmp_path / "copy.json"
     assert card["threshold"] == TINY_THRESHOLD
@@ -175,13 +179,13 @@ def test_export_card_of_a_retrained_model_replaces_the_stale_one(tiny_model, tmp
     shutil.copyfile(tiny_model["keras"], keras_file)
     shutil.copyfile(tiny_model["onnx"], fast_file)
     write_card(keras_file, {"threshold": 0.3, "validation": {"f1": 0.5}})
-    ex.write_export_card(keras_file, fast_file, "onnx_fast", {"opset": 17})
-    ex.write_export_card(keras_file, fast_file, "onnx_fast", {"opset": 18})  # same model: the card is extended
+    cards.write_export_card(keras_file, fast_file, "onnx_fast", {"opset": 17})
+    cards.write_export_card(keras_file, fast_file, "onnx_fast", {"opset": 18})  # same model: the card is extended
     assert json.loads((tmp_path / "net_fast.json").read_text())["exports"]["onnx_fast"]["opset"] == 18
 
     keras_file.write_bytes(keras_file.read_bytes() + b"retrained")  # another model, with its own card
     write_card(keras_file, {"threshold": 0.6, "validation": {"f1": 0.7}})
-    ex.write_export_card(keras_file, fast_file, "onnx_fast", {"opset": 17})
+    cards.write_export_card(keras_file, fast_file, "onnx_fast", {"opset": 17})
     card = read_card(fast_file, verify=True)
     assert card["threshold"] == 0.6 and card["validation"] == {"f1": 0.7}
     assert card["sha256"] == json.loads((tmp_path / "net.json").read_text())["sha256"]
@@ -195,9 +199,9 @@ def test_card_verifies_the_hash_recorded_for_each_file(tiny_model, tmp_path):
     shutil.copyfile(tiny_model["onnx"], fast_file)  # stands in for the clean export
     engine_file.write_bytes(b"serialized engine")
     write_card(keras_file, {"threshold": TINY_THRESHOLD})
-    ex.write_export_card(keras_file, onnx_file, "onnx", {"opset": 17})  # net.json: .keras on top, .onnx in exports
-    ex.write_export_card(keras_file, fast_file, "onnx_fast", {"opset": 17})  # net_fast.json
-    ex.write_export_card(onnx_file, engine_file, "tensorrt", {"precision": "fp16"})  # net_fp16.json
+    cards.write_export_card(keras_file, onnx_file, "onnx", {"opset": 17})  # net.json: .keras on top, .onnx in exports
+    cards.write_export_card(keras_file, fast_file, "onnx_fast", {"opset": 17})  # net_fast.json
+    cards.write_export_card(onnx_file, engine_file, "tensorrt", {"precision": "fp16"})  # net_fp16.json
     for model_file in (keras_file, onnx_file, fast_file, engine_file):
         assert read_card(model_file, verify=True)["threshold"] == TINY_THRESHOLD
 
@@ -215,9 +219,9 @@ def test_card_verifies_the_hash_recorded_for_each_file(tiny_model, tmp_path):
 
 def test_square_crop_and_tensorrt_unavailable_message():
     image = np.zeros((30, 50, 3), np.uint8)
-    assert ex.square_crop(image, 40).shape == (40, 40, 3)
-    assert ex.square_crop(np.zeros((300, 500, 3), np.uint8), 64).shape == (64, 64, 3)
-    available, line = ex.tensorrt_status()
+    assert data.square_crop(image, 40).shape == (40, 40, 3)
+    assert data.square_crop(np.zeros((300, 500, 3), np.uint8), 64).shape == (64, 64, 3)
+    available, line = tensorrt.tensorrt_status()
     if available:
         pytest.skip("TensorRT is installed here")
     assert line.startswith("TensorRT:") and "\n" not in line
@@ -243,7 +247,7 @@ def test_tensorrt_script_exports_checks_and_reports(tiny_model, synthetic_data, 
     status = [line for line in done.stdout.splitlines() if line.startswith("TensorRT")]
     assert len(status) == 1  # one line, whether TensorRT is here or not
 
-    if ex.tensorrt_status()[0]:
+    if tensorrt.tensorrt_status()[0]:
         return
     # An engine asked for where TensorRT cannot run: one line, non-zero exit; the ONNX path needs no TensorFlow.
     failed = run_script(f"--model={out}", f"--engine={tmp_path / 'net.engine'}", "--precision=fp16",
@@ -271,15 +275,31 @@ def test_tensorrt_script_writes_a_checked_cpu_int8_model_with_its_card(tiny_mode
     assert done.returncode == 0, done.stdout + done.stderr
     assert "INT8: calibrating on 3 real training images (64^2 crops)" in done.stdout
     assert "parity openvino vs keras [int8] on 2 images" in done.stdout
-    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".onnx") == [
-        "net.onnx", "net_fast.onnx", "net_int8.onnx"]
-    card = read_card(tmp_path / "net_int8.onnx")
-    entry = card["exports"]["onnx_int8"]
-    assert entry["file"] == "net_int8.onnx" and entry["source"] == "net_fast.onnx"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".onnx", ".xml", ".bin")) == [
+        "net.onnx", "net_fast.onnx", "net_int8.bin", "net_int8.xml"]
+    card = read_card(tmp_path / "net_int8.xml")
+    entry = card["exports"]["openvino_int8"]
+    assert entry["file"] == "net_int8.xml" and entry["source"] == "net_fast.onnx" and len(entry["bin_sha256"]) == 64
     assert entry["calibration_images"] == 3 and entry["parity_vs_keras"]["passed"]
+    assert entry["quantization"]["fake_quantize_nodes"] > 0 and entry["quantization"]["weights"] == "int8 per channel"
+    # the F1 check --precision=auto relies on: fp32 and int8 on the full-size validation images, within 0.5 pt
+    validation = entry["validation"]
+    assert validation["images"] >= 1 and validation["full_size"] and validation["split"] == "val"
+    assert validation["f1_delta"] == pytest.approx(validation["int8_f1"] - validation["fp32_f1"])
+    assert validation["f1_delta"] >= -0.005 and "INT8: validation strict F1" in done.stdout
     assert card["sha256"] == read_card(model, verify=True)["sha256"]  # names the trained file it was made from
-    read_card(tmp_path / "net_int8.onnx", verify=True)  # and records its own hash
+    read_card(tmp_path / "net_int8.xml", verify=True)  # and records its own hash
     assert card["threshold"] == TINY_THRESHOLD
+    from crackseg.engines import auto_precision, open_engine
+
+    engine = open_engine(str(tmp_path / "net.onnx"), precision="int8")
+    assert engine.precision == "int8" and engine.model_file == str(tmp_path / "net_int8.xml")
+    assert engine.predict(np.zeros((40, 56, 3), np.uint8)).shape == (40, 56)
+    chosen, reason = auto_precision(str(tmp_path / "net.onnx"))
+    from crackseg.precision import int8_units
+
+    if int8_units():  # a VNNI / AMX machine: the card's F1 lets auto take it
+        assert chosen == "int8" and "net_int8.xml validation F1" in reason
 
     refused = run_script(f"--model={tmp_path / 'net.onnx'}", "--cpu_int8", f"--data={synthetic_data}")
     assert refused.returncode != 0 and refused.stderr.strip().startswith("error: --cpu_int8 quantises the Keras")
@@ -289,7 +309,7 @@ def test_an_int8_model_that_fails_its_check_is_not_written(tiny_model, synthetic
     model = tmp_path / "net.keras"
     shutil.copyfile(tiny_model["keras"], model)
     shutil.copyfile(tiny_model["card"], tmp_path / "net.json")
-    (tmp_path / "net_int8.onnx").write_bytes(b"the earlier int8 model")
+    (tmp_path / "net_int8.xml").write_bytes(b"the earlier int8 model")
     black = tmp_path / "black"  # calibration images unlike the real ones: activation ranges far too narrow
     black.mkdir()
     for i in range(3):
@@ -298,8 +318,9 @@ def test_an_int8_model_that_fails_its_check_is_not_written(tiny_model, synthetic
                       "--lists=none", "--parity_images=2", "--cpu_int8", f"--calib_data={black}", "--calib_size=64")
     # measured with four seeds: 11-30 % of the mask pixels flip (the check allows 1 %)
     assert done.returncode != 0 and "parity openvino vs keras [int8]" in done.stdout and "FAIL" in done.stdout
-    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'net_int8.onnx'}: not written")
-    assert (tmp_path / "net_int8.onnx").read_bytes() == b"the earlier int8 model"
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'net_int8.xml'}: not written")
+    assert (tmp_path / "net_int8.xml").read_bytes() == b"the earlier int8 model"
+    assert not (tmp_path / "net_int8.bin").exists()
     assert not (tmp_path / "net_int8.json").exists() and not list(tmp_path.glob(".net_int8*"))
 
 
@@ -316,8 +337,8 @@ def test_card_written_without_tensorflow_gets_its_flops_at_export(tiny_model, tm
     shutil.copyfile(tiny_model["keras"], path)
     net = load_deployable_keras(str(path))
     write_card(path, {"params": int(net.count_params()), "gflops": None, "flops_input_size": 32, "threshold": 0.4})
-    assert ex.complete_card_facts(path, net) is True
+    assert cards.complete_card_facts(path, net) is True
     card = read_card(path, verify=True)
     assert card["gflops"] is not None and card["gflops"] > 0 and card["threshold"] == 0.4
-    assert ex.complete_card_facts(path, net) is False  # already complete: untouched
+    assert cards.complete_card_facts(path, net) is False  # already complete: untouched
     assert read_card(path) == card

@@ -79,6 +79,34 @@ def test_overlapped_matches_sequential_in_order(tmp_path):
     assert not helper_threads()
 
 
+def test_throughput_mode_matches_sequential_in_order(tmp_path, tiny_model):
+    frames = pavement_frames(7)
+    sequential, sent_sequential = run_pipeline(False, frames, tmp_path)
+    many, sent_many = run_pipeline(False, frames, tmp_path / "many", throughput=True)  # Engine.predict_many default
+    assert [r.name for r in many] == [name for name, _ in frames] and [r.index for r in many] == list(range(7))
+    for a, b in zip(sequential, many):
+        np.testing.assert_array_equal(a.mask, b.mask)
+        assert a.stats == b.stats
+    assert [h["frame"] for h in sent_many] == list(range(7)) and not helper_threads()
+
+    from crackseg.engines import open_engine
+
+    engine = open_engine(str(tiny_model["onnx"]), backend="openvino")  # asynchronous requests in flight
+    mixed = pavement_frames(3) + pavement_frames(2, 40, 56)
+    for throughput in (False, True):
+        pipeline = FramePipeline(engine, overlap=True, throughput=throughput)
+        with closing(pipeline.results(mixed)) as results:
+            masks = [r.mask for r in results]
+        if throughput:
+            for a, b in zip(reference, masks):
+                np.testing.assert_array_equal(a, b)
+        reference = masks
+    pipeline = FramePipeline(engine, throughput=True)  # a consumer that stops early leaves nothing running
+    with closing(pipeline.results(mixed)) as results:
+        assert next(results).index == 0
+    assert not helper_threads()
+
+
 def test_max_side_shrinks_before_inference(tmp_path):
     results, headers = run_pipeline(True, pavement_frames(2, 60, 100), tmp_path, max_side=50)
     assert all(r.mask.shape == (30, 50) and r.overlay.shape == (30, 50, 3) for r in results)
