@@ -24,6 +24,9 @@ val_fraction = 0.1
 seed = 0
 dilate = 0                        # k x k dilation of the training ground truth (0 = off)
 labels = "runs/soft_labels"       # Train_2_Step's --out
+sampling = "sqrt"                 # each dataset's share of the tiles: size | sqrt | equal | NAME=WEIGHT,...
+samples_per_epoch = 2000          # training tiles per epoch (0: one per training image, as before)
+augment = "scale=0.5:2,blur=0.2,jpeg=0.3,shadow=0.3,stripe=0.2,grey=0.2"  # beyond crop/flip/turn/colour; "none"
 # distillation ---------------------------------------------------------------------------------------------------
 strategy = "standard"             # standard | hyperthermal | non-isothermal | none (no teacher)
 t0 = None                         # None: the strategy's temperatures; a number overrides it
@@ -41,13 +44,14 @@ out = "runs/student"
 deploy = "weights/student.keras"  # the deployable student; its model card goes beside it (student.json)
 epochs = 100
 batch_size = 4
-crop = 256
+crop = 256                        # square training tiles (multiple of 4)
 init = ""                         # fine-tune from this .keras (same architecture; a deployed model works); "": random
 lr = 5e-5
 optimizer = "rmsprop"             # rmsprop | adam
 loss = "asymmetric"               # asymmetric | bce_dice, for every output
-crack_weight = 200.0
-threshold = 0.5                   # for the training logs; the card's threshold is chosen by ODS on validation
+crack_weight = 200.0              # asymmetric loss weight of the crack channel
+pos_weight = 10.0                 # bce_dice: weight of crack pixels in the BCE term
+threshold = 0.5                   # for the training-batch metrics only; validation sweeps every threshold
 distance = 2
 lr_patience = 5
 stop_patience = 15
@@ -56,7 +60,13 @@ profile_size = 448                # FLOPs are reported (and written to the card)
 
 config = configure(globals(), __doc__)
 
+from crackseg.data import DataError  # noqa: E402
+from crackseg.distill import LabelError  # noqa: E402
 from crackseg.train_steps import train_student  # noqa: E402  (imports Keras)
+from crackseg.training import TrainingError  # noqa: E402
 
 if __name__ == "__main__":
-    train_student(config)
+    try:
+        train_student(config)
+    except (DataError, LabelError, TrainingError) as exc:  # bad input or run state: one line, not a traceback
+        raise SystemExit(f"error: {exc}") from None

@@ -183,7 +183,21 @@ def load_split(data: str, lists: str | None = None, val_fraction: float = 0.1, s
     for root in roots:
         samples += find_samples(root.strip())
     lists = lists or (roots[0] if len(roots) == 1 else None)
+    if lists is not None and Path(lists, "train.txt").is_file() and not names_any(Path(lists, "train.txt"), samples):
+        # e.g. --data=DIR with the default --lists=datasets/splits, which name ../shared/datasets' samples
+        own = roots[0].strip() if len(roots) == 1 and Path(roots[0].strip(), "train.txt").is_file() else None
+        print(f"{Path(lists, 'train.txt')} names none of the samples in {data}: using "
+              + (f"{own}'s own train.txt / val.txt" if own else
+                 f"a seeded split (val_fraction={val_fraction}, seed={seed})"), flush=True)
+        lists = own
     return split_samples(samples, lists, val_fraction, seed)
+
+
+def names_any(list_file: Path, samples: list[Sample]) -> bool:
+    """Whether a split list names at least one of ``samples`` (by id or stem)."""
+    known = {s.id for s in samples} | {s.image.stem for s in samples}
+    names = (line.strip() for line in list_file.read_text().splitlines())
+    return any(name in known for name in names if name and not name.startswith("#"))
 
 
 # ---------------------------------------------------------------------------------------------- input pipeline
@@ -218,29 +232,155 @@ def _jitter_colour(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), 0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """Augmentation beyond crop / flips / 90-degree turns / colour jitter, for capture set-ups not in the training
+    data. ``scale`` is a (low, high) range of the resize factor (log-uniform; survey images and phone crops differ
+    several-fold in crack width per pixel); the others are per-sample probabilities."""
+
+    scale: tuple[float, float] = (1.0, 1.0)
+    blur: float = 0.0    # Gaussian blur, sigma 0.5-1.8 px (focus, motion)
+    jpeg: float = 0.0    # re-encoded as JPEG at quality 20-90
+    shadow: float = 0.0  # cast shadows: soft dark blobs over the image, never the label
+    stripe: float = 0.0  # a painted-line-like bright stripe: a negative (no crack is visible under paint)
+    grey: float = 0.0    # grey-scale
+
+    @classmethod
+    def parse(cls, spec: str) -> "Augmentation":
+        """From ``"scale=0.5:2,blur=0.2,jpeg=0.3,shadow=0.3,stripe=0.2,grey=0.2"`` (any subset), or ``"none"``."""
+        spec = (spec or "").strip()
+        if spec.lower() in ("", "none", "off"):
+            return cls()
+        fields: dict = {}
+        for part in spec.split(","):
+            key, eq, value = part.strip().partition("=")
+            if not eq or key not in cls.__dataclass_fields__:
+                raise DataError(f"augmentation {part.strip()!r}: expected name=value with name one of "
+                                f"{', '.join(cls.__dataclass_fields__)}")
+            try:
+                if key == "scale":
+                    low, _, high = value.partition(":")
+                    fields[key] = (float(low), float(high or low))
+                else:
+                    fields[key] = float(value)
+            except ValueError:
+                raise DataError(f"augmentation {part.strip()!r}: not a number") from None
+        aug = cls(**fields)
+        low, high = aug.scale
+        if not 0.1 <= low <= high <= 10:
+            raise DataError(f"augmentation scale={low:g}:{high:g}: expected 0.1 <= low <= high <= 10")
+        for key in ("blur", "jpeg", "shadow", "stripe", "grey"):
+            if not 0.0 <= getattr(aug, key) <= 1.0:
+                raise DataError(f"augmentation {key}={getattr(aug, key):g}: a probability must be in [0, 1]")
+        return aug
+
+    @property
+    def active(self) -> bool:
+        return self != Augmentation()
+
+
+def _resize(part: np.ndarray, size: int, kind: str) -> np.ndarray:
+    """A square window resized to size x size: image (uint8, area/linear), mask (bool, area-averaged >= 0.5, so
+    thin cracks keep their share of pixels) or float extra channels (linear)."""
+    shrink = part.shape[0] > size
+    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    if kind == "mask":
+        return cv2.resize(part.astype(np.float32), (size, size), interpolation=interpolation) >= 0.5
+    out = cv2.resize(np.ascontiguousarray(part), (size, size), interpolation=interpolation)
+    return out[..., None] if out.ndim == 2 and part.ndim == 3 else out
+
+
+def _cast_shadows(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """1-3 soft dark blobs (tree or vehicle shadows) multiplied into the image."""
+    size = rgb.shape[0]
+    blob = np.zeros(rgb.shape[:2], np.float32)
+    for _ in range(int(rng.integers(1, 4))):
+        centre = (int(rng.integers(0, size)), int(rng.integers(0, size)))
+        axes = (int(rng.uniform(0.15, 0.6) * size), int(rng.uniform(0.1, 0.4) * size))
+        cv2.ellipse(blob, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
+    blob = cv2.GaussianBlur(blob, (0, 0), max(1.0, size * rng.uniform(0.03, 0.1)))
+    return rgb * (1.0 - rng.uniform(0.3, 0.7) * np.clip(blob, 0, 1))[..., None]
+
+
+def _paint_stripe(rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A straight white or yellow band with soft edges (a lane marking); the label is cleared under it."""
+    size = rgb.shape[0]
+    band = np.zeros(rgb.shape[:2], np.float32)
+    angle = rng.uniform(0, np.pi)
+    cx, cy = rng.uniform(0, size, 2)
+    dx, dy = np.cos(angle) * 2 * size, np.sin(angle) * 2 * size
+    width = int(rng.integers(4, max(5, size // 8)))
+    cv2.line(band, (int(cx - dx), int(cy - dy)), (int(cx + dx), int(cy + dy)), 1.0, width)
+    band = cv2.GaussianBlur(band, (0, 0), 1.0) * rng.uniform(0.7, 1.0)
+    colour = np.array([1.0, 1.0, 1.0] if rng.random() < 0.6 else [1.0, 0.85, 0.2], np.float32) * rng.uniform(0.8, 1.0)
+    rgb = rgb * (1.0 - band[..., None]) + colour * band[..., None]
+    return rgb, mask & (band < 0.5)
+
+
+def _photometric(rgb: np.ndarray, mask: np.ndarray, aug: Augmentation, rng: np.random.Generator,
+                 jitter: bool, stripes: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Shadows, stripes, colour jitter, grey-scale, blur and JPEG re-encoding of a float RGB tile in [0, 1]."""
+    if rng.random() < aug.shadow:
+        rgb = _cast_shadows(rgb, rng)
+    if stripes and rng.random() < aug.stripe:
+        rgb, mask = _paint_stripe(rgb, mask, rng)
+    rgb = np.clip(rgb, 0.0, 1.0).astype(np.float32)
+    if jitter:
+        rgb = _jitter_colour(rgb, rng)
+    if rng.random() < aug.grey:
+        rgb = np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=-1)
+    if rng.random() < aug.blur:
+        rgb = cv2.GaussianBlur(rgb, (0, 0), rng.uniform(0.5, 1.8))
+    if rng.random() < aug.jpeg:
+        ok, buf = cv2.imencode(".jpg", (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)[..., ::-1],
+                               [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(20, 91))])
+        rgb = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
+    return rgb, mask
+
+
 def augment_sample(image: np.ndarray, mask: np.ndarray, crop: int, rng: np.random.Generator, jitter: bool = True,
-                   extra: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    """One random crop (padding first when smaller), flips, 90-degree rotation and colour jitter of a uint8 image.
+                   extra: np.ndarray | None = None, aug: Augmentation | None = None) -> tuple[np.ndarray, ...]:
+    """One random crop (padding first when smaller), flips, 90-degree rotation and colour jitter of a uint8 image,
+    plus ``aug`` (random scale, shadows, stripes, grey-scale, blur, JPEG) when given.
 
     Returns ``(image [-1, 1] (crop, crop, 3), one-hot (crop, crop, 2)[, extra (crop, crop, C)])``. ``extra`` float
-    channels (teacher soft labels) get the same crop / flips / rotation as the mask, never the colour jitter.
+    channels (teacher soft labels) get the same crop / scale / flips / rotation as the mask, never the photometric
+    changes; stripes, which change the label, are not drawn when there are soft labels.
     """
+    scaled = aug is not None and aug.scale != (1.0, 1.0)
+    factor = float(np.exp(rng.uniform(np.log(aug.scale[0]), np.log(aug.scale[1])))) if scaled else 1.0
+    # The source window that becomes the crop after resizing; never much larger than the image's short side, or
+    # mirrored padding would fill the crop with kaleidoscope patterns (small images are only zoomed in).
+    window = max(4, min(int(round(crop / factor)), max(crop, min(image.shape[:2]))))
     parts = [image, mask] + ([extra] if extra is not None else [])
-    parts = [_pad_to(p, crop, crop) for p in parts]
+    parts = [_pad_to(p, window, window) for p in parts]
     h, w = parts[1].shape
-    top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+    top, left = int(rng.integers(0, h - window + 1)), int(rng.integers(0, w - window + 1))
     flip_lr, flip_ud, turns = rng.random() < 0.5, rng.random() < 0.5, int(rng.integers(0, 4))
     out = []
-    for p in parts:
-        p = p[top:top + crop, left:left + crop]
+    for p, kind in zip(parts, ("image", "mask", "extra")):
+        p = p[top:top + window, left:left + window]
+        if window != crop:
+            p = _resize(p, crop, kind)
         p = p[:, ::-1] if flip_lr else p
         p = p[::-1] if flip_ud else p
         out.append(np.rot90(p, turns))
-    rgb = out[0].astype(np.float32) / 255.0
-    if jitter:
+    rgb, label = out[0].astype(np.float32) / 255.0, np.ascontiguousarray(out[1])
+    if aug is not None and aug.active:
+        rgb, label = _photometric(rgb, label, aug, rng, jitter, stripes=extra is None)
+    elif jitter:
         rgb = _jitter_colour(rgb, rng)
-    result = (normalize(rgb * 255.0).astype(np.float32), one_hot(out[1]))
+    result = (normalize(rgb * 255.0).astype(np.float32), one_hot(label))
     return result + ((np.ascontiguousarray(out[2], np.float32),) if extra is not None else ())
+
+
+def mosaic(pieces: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """Four equal square samples (outputs of ``augment_sample``) packed 2 x 2 into one tile, so datasets of small
+    images fill a training tile with image instead of padding."""
+    if len(pieces) != 4:
+        raise ValueError(f"a mosaic needs 4 pieces, got {len(pieces)}")
+    return tuple(np.concatenate([np.concatenate(col[:2], axis=1), np.concatenate(col[2:], axis=1)], axis=0)
+                 for col in zip(*pieces))
 
 
 def center_sample(image: np.ndarray, mask: np.ndarray, crop: int, extra: np.ndarray | None = None
@@ -274,6 +414,80 @@ def steps_per_epoch(n_images: int, batch_size: int) -> int:
     return max(1, n_images // batch_size)
 
 
+# ---------------------------------------------------------------------------------------------- mixed datasets
+def dataset_of(sample: Sample) -> str:
+    """The dataset a sample belongs to: the folder holding its image folder (``CRACK500`` for
+    ``CRACK500/images/x.jpg``), as evaluation names it."""
+    return sample.image.parent.parent.name or sample.id.split("/")[0]
+
+
+def sampling_shares(datasets: list[str], rule: str) -> dict[str, float]:
+    """Each dataset's share of the training draws (summing to 1). ``rule``: ``size`` (proportional to its image
+    count: the big set dominates), ``sqrt`` (proportional to the square root of its count), ``equal``, or explicit
+    weights ``"DeepCrack=2,CRACK500=1,..."`` naming every dataset present."""
+    counts: dict[str, int] = {}
+    for name in datasets:
+        counts[name] = counts.get(name, 0) + 1
+    if not counts:
+        raise DataError("no training samples to draw from")
+    rule = rule.strip()
+    if rule in ("size", "sqrt", "equal"):
+        weight = {"size": float, "sqrt": np.sqrt, "equal": lambda n: 1.0}[rule]
+        raw = {name: float(weight(n)) for name, n in counts.items()}
+    else:
+        raw = {}
+        for part in rule.split(","):
+            name, eq, value = part.strip().partition("=")
+            try:
+                raw[name] = float(value) if eq else float("nan")
+            except ValueError:
+                raw[name] = float("nan")
+            if not raw[name] >= 0:
+                raise DataError(f"sampling {part.strip()!r}: expected size | sqrt | equal | NAME=WEIGHT,...")
+        missing = sorted(set(counts) - set(raw))
+        if missing:
+            raise DataError(f"sampling {rule!r}: no weight for dataset(s) {', '.join(missing)} "
+                            f"(datasets: {', '.join(sorted(counts))})")
+        raw = {name: raw[name] for name in counts}
+    total = sum(raw.values())
+    if total <= 0:
+        raise DataError(f"sampling {rule!r}: the weights sum to 0")
+    return {name: value / total for name, value in sorted(raw.items())}
+
+
+def piece_size(images: list[np.ndarray], crop: int) -> int:
+    """The square crop a dataset's images are cut into for a ``crop`` x ``crop`` training tile: the tile itself,
+    or half of it (four pieces packed 2 x 2, see ``mosaic``) when the median short side is under 3/4 of the tile
+    (CRACK500's ~213 x 121 and AigleRN's 240 x 141 crops would otherwise be mostly padding at 256)."""
+    if crop % 2:
+        raise DataError(f"crop {crop}: expected an even size (a multiple of 4)")
+    short = float(np.median([min(im.shape[:2]) for im in images]))
+    return crop if short >= 0.75 * crop or crop < 16 else crop // 2
+
+
+def epoch_plan(datasets: list[str], shares: dict[str, float], pieces_per_tile: dict[str, int], tiles: int,
+               seed: int, epoch: int) -> list[tuple[int, ...]]:
+    """The sample indices of each training tile of one epoch: ``tiles`` draws of a dataset by ``shares``, each
+    filled with 1 or 4 of its images. Within a dataset images go round in a shuffled order, so every image is
+    used before any repeats. Depends on (seed, epoch) only."""
+    rng = np.random.default_rng([seed, epoch])
+    names = sorted(shares)
+    members = {name: np.flatnonzero(np.asarray(datasets) == name) for name in names}
+    queues = {name: rng.permutation(members[name]) for name in names}
+    position = dict.fromkeys(names, 0)
+    plan = []
+    for pick in rng.choice(len(names), size=tiles, p=[shares[n] for n in names]):
+        name = names[int(pick)]
+        chosen = []
+        for _ in range(pieces_per_tile[name]):
+            if position[name] >= len(queues[name]):
+                queues[name], position[name] = rng.permutation(members[name]), 0
+            chosen.append(int(queues[name][position[name]]))
+            position[name] += 1
+        plan.append(tuple(chosen))
+    return plan
+
+
 # ---------------------------------------------------------------------------------------------- for the scripts
 def load_training_data(data: str, lists: str | None, val_fraction: float = 0.1, seed: int = 0, dilate: int = 0,
                        workers: int = 4) -> dict:
@@ -286,23 +500,28 @@ def load_training_data(data: str, lists: str | None, val_fraction: float = 0.1, 
         raise DataError(f"{data}: the validation split is empty (add val.txt or raise val_fraction)")
     print(f"data: {len(splits['train'])} train, {len(splits['val'])} val, {len(splits['test'])} test from {data}")
     return {"splits": splits, "train": load_arrays(splits["train"], dilate, workers),
-            "val": load_arrays(splits["val"], 0, workers)}
+            "val": load_arrays(splits["val"], 0, workers),
+            "datasets": {name: [dataset_of(s) for s in splits[name]] for name in ("train", "val")}}
 
 
 def write_splits(data: str, out: str | Path, val_fraction: float = 0.1, seed: int = 0) -> dict[str, int]:
-    """Seeded train/val lists per dataset found under ``data`` (so each dataset is split in the same ratio)."""
+    """Train/val/test lists of every dataset found under ``data``: a dataset that ships its own lists
+    (``train.txt`` / ``val.txt`` / ``test.txt`` beside its image folder) keeps them; the others get a seeded split
+    (``val_fraction`` to val, no test), so each dataset is split in the same ratio."""
     samples = find_samples(data)
     groups: dict[str, list[Sample]] = {}
     for s in samples:
-        groups.setdefault(s.id.split("/")[0], []).append(s)
-    train, val = [], []
+        groups.setdefault(s.id.split("/")[0] if "/" in s.id else "", []).append(s)
+    lists: dict[str, list[Sample]] = {name: [] for name in SPLITS}
     for name in sorted(groups):
-        part = split_samples(groups[name], None, val_fraction, seed)
-        train += part["train"]
-        val += part["val"]
-    write_list(Path(out) / "train.txt", sorted(train, key=lambda s: s.id))
-    write_list(Path(out) / "val.txt", sorted(val, key=lambda s: s.id))
-    return {"train": len(train), "val": len(val)}
+        own = Path(data, name) if name else Path(data)
+        part = split_samples(groups[name], own if (own / "train.txt").is_file() else None, val_fraction, seed)
+        for split in SPLITS:
+            lists[split] += part[split]
+    for split in SPLITS:
+        if lists[split] or split != "test":
+            write_list(Path(out) / f"{split}.txt", sorted(lists[split], key=lambda s: s.id))
+    return {split: len(v) for split, v in lists.items()}
 
 
 # ---------------------------------------------------------------------------------------------- sampling real images
@@ -350,4 +569,4 @@ if __name__ == "__main__":  # python -m crackseg.data DATA_ROOT OUT_DIR [VAL_FRA
     if len(args) < 2:
         raise SystemExit("usage: python -m crackseg.data DATA_ROOT OUT_DIR [VAL_FRACTION] [SEED]")
     n = write_splits(args[0], args[1], float(args[2]) if len(args) > 2 else 0.1, int(args[3]) if len(args) > 3 else 0)
-    print(f"wrote {args[1]}/train.txt ({n['train']}) and val.txt ({n['val']})")
+    print(f"wrote {args[1]}: " + ", ".join(f"{k}.txt ({v})" for k, v in n.items() if v))

@@ -2,14 +2,19 @@
 
 Soft-label store (written by Train_2_Step, read by Train_3_Step)::
 
-    LABELS/<split>/manifest.json          teacher path + sha256, T, split, heads, image ids, creation time
-    LABELS/<split>/<sample id>.npz        ``crack``: float32 (H, W, 4), crack probability of heads h, x, y, mix
+    LABELS/<split>/manifest.json          teachers (path + sha256 each), TTA, dtype, T, split, heads, image ids
+    LABELS/<split>/<sample id>.npz        ``crack``: float32 or float16 (H, W, 4), crack probability of heads h, x, y, mix
 
-Why float32 in a compressed ``.npz``: the seed stored 8-bit PNGs (error up to 2e-3), and float16 is still too coarse
-near 1 (spacing 4.9e-4); float32 is exactly what the teacher computed. Only the crack channel is stored because a
-two-class softmax's background channel is ``1 - crack`` (rebuilt to within 1e-7). Every file is written atomically,
-so a file that exists is complete: a rerun skips it (resume). Labels made with another teacher or temperature are
-refused unless the caller asks to rebuild them.
+Storage dtype (``dtype``): float32 is exactly what the teacher computed; float16 halves the disk (spacing 4.9e-4 in
+[0.5, 1), so rounding error <= 2.4e-4; docs/distillation.md has the measured difference of the KD targets at T = 10
+and the bytes per image). Both read back as float32. The seed stored 8-bit PNGs (error up to 2e-3). Only the crack
+channel is stored because a two-class softmax's background channel is ``1 - crack`` (rebuilt to within 1e-7).
+
+Teachers and test-time augmentation: the logits of every teacher (an ensemble) and, with ``tta="d4"``, of the eight
+flips / 90-degree rotations of the image (each undone before averaging) are averaged per head, then softened at T.
+The label identity is (teachers by hash, TTA, dtype, T): every file is written atomically, so a file that exists is
+complete and a rerun with the same identity skips it (resume); labels of another identity are refused unless the
+caller asks to rebuild them.
 
 Strategies (the paper's; T0 softens the ground truth, T1 the teacher labels and the student's four soft heads, T2 the
 student's ``real`` head = mix at T2, trained on the ground truth)::
@@ -41,6 +46,8 @@ STRATEGIES: dict[str, tuple[float, float, float]] = {
 }
 LABEL_FORMAT = "crackseg-soft-labels/1"
 MANIFEST = "manifest.json"
+DTYPES = ("float32", "float16")  # storage of the crack probabilities; both read back as float32
+TTA_MODES = ("none", "d4")  # d4: the 8 flips / 90-degree rotations of the image (the dihedral group)
 
 
 class LabelError(ValueError):
@@ -84,18 +91,22 @@ def label_path(split_dir: str | Path, sample_id: str) -> Path:
     return Path(split_dir) / f"{sample_id}.npz"
 
 
-def write_soft_label(path: str | Path, crack: np.ndarray) -> None:
-    """Store (H, W, 4) crack probabilities of heads h, x, y, mix as float32 in a compressed .npz, atomically."""
+def write_soft_label(path: str | Path, crack: np.ndarray, dtype: str = "float32") -> None:
+    """Store (H, W, 4) crack probabilities of heads h, x, y, mix as ``dtype`` (float32 | float16) in a compressed
+    .npz, atomically."""
     crack = np.asarray(crack)
     if crack.ndim != 3 or crack.shape[-1] != len(HEADS):
         raise ValueError(f"soft label must be (H, W, {len(HEADS)}), got {crack.shape}")
+    if dtype not in DTYPES:
+        raise ValueError(f"soft-label dtype must be one of {DTYPES}, got {dtype!r}")
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:  # an open file, so numpy cannot append a second ".npz"
-            np.savez_compressed(f, crack=crack.astype(np.float32))
+            np.savez_compressed(f, crack=crack.astype(dtype))
 
 
 def read_soft_label(path: str | Path) -> np.ndarray:
-    """(H, W, 4) float32 crack probabilities of heads h, x, y, mix."""
+    """(H, W, 4) float32 crack probabilities of heads h, x, y, mix (stored as float32 or float16; float32 in memory
+    because the training crops resize them with OpenCV, which has no float16 resize)."""
     try:
         with np.load(path) as data:
             crack = data["crack"]
@@ -103,9 +114,10 @@ def read_soft_label(path: str | Path) -> np.ndarray:
         raise LabelError(f"{path}: soft label missing (run Train_2_Step.py for this split)") from None
     except Exception as exc:  # zip / pickle / key errors all mean the same thing here
         raise LabelError(f"{path}: unreadable soft label ({exc})") from None
-    if crack.ndim != 3 or crack.shape[-1] != len(HEADS) or crack.dtype != np.float32:
-        raise LabelError(f"{path}: soft label has shape {crack.shape} {crack.dtype}; expected (H, W, 4) float32")
-    return crack
+    if crack.ndim != 3 or crack.shape[-1] != len(HEADS) or crack.dtype.name not in DTYPES:
+        raise LabelError(f"{path}: soft label has shape {crack.shape} {crack.dtype}; "
+                         f"expected (H, W, 4) float32 or float16")
+    return crack.astype(np.float32, copy=False)
 
 
 def two_class(crack: np.ndarray) -> np.ndarray:
@@ -130,33 +142,71 @@ def read_manifest(split_dir: str | Path) -> dict | None:
     return manifest
 
 
-def _same_source(manifest: dict, teacher_sha256: str, temperature: float) -> bool:
-    return manifest["teacher_sha256"] == teacher_sha256 and float(manifest["temperature"]) == float(temperature)
+def ensemble_sha256(shas: Iterable[str]) -> str:
+    """The label identity of several teachers: one teacher's file hash, or for an ensemble the sha256 of the sorted
+    file hashes (one per line; averaging does not depend on their order)."""
+    import hashlib
+
+    shas = sorted(shas)
+    if len(shas) == 1:
+        return shas[0]
+    return hashlib.sha256("\n".join(shas).encode()).hexdigest()
+
+
+def label_source(teachers: list[tuple[str | Path, str]], tta: str = "none") -> dict:
+    """``{"teacher", "teacher_sha256", "teachers", "tta"}`` of labels made by ``teachers`` ((path, sha256) each):
+    ``teacher`` the paths comma-joined, ``teacher_sha256`` their ``ensemble_sha256``."""
+    if not teachers:
+        raise ValueError("no teacher given")
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    return {"teacher": ",".join(str(p) for p, _ in teachers),
+            "teacher_sha256": ensemble_sha256(s for _, s in teachers),
+            "teachers": [{"path": str(p), "sha256": s} for p, s in teachers], "tta": tta}
+
+
+def _identity(manifest: dict) -> tuple:
+    # manifests written before TTA / float16 existed made float32 labels without TTA
+    return (manifest["teacher_sha256"], float(manifest["temperature"]), manifest.get("tta", "none"),
+            manifest.get("dtype", "float32"))
+
+
+def _describe(identity: tuple, teacher: str | None) -> str:
+    sha, t, tta, dtype = identity
+    return (f"teacher {sha[:12]} ({teacher}) at T={t:g}" + (f" with TTA {tta}" if tta != "none" else "")
+            + f", {dtype}")
 
 
 def open_split(labels_dir: str | Path, split: str, teacher: str | Path, teacher_sha256: str, temperature: float,
-               ids: list[str], rebuild: bool = False) -> Path:
+               ids: list[str], rebuild: bool = False, *, tta: str = "none", dtype: str = "float32",
+               teachers: list[dict] | None = None) -> Path:
     """Prepare ``labels_dir/split`` for writing and (re)write its manifest; return the folder.
 
-    Labels already there from the same teacher file (by hash) and T are kept (resume). Labels from another teacher
-    or T raise ``LabelError`` unless ``rebuild``, which deletes them first.
+    Labels already there with the same identity (teacher hash -- an ensemble's ``ensemble_sha256`` --, T, ``tta``
+    and storage ``dtype``) are kept (resume). Labels of another identity raise ``LabelError`` unless ``rebuild``,
+    which deletes them first. ``teachers``: each teacher's ``{"path", "sha256"}`` (default: the one ``teacher``).
     """
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"soft-label dtype must be one of {DTYPES}, got {dtype!r}")
     split_dir = Path(labels_dir) / split
     old = read_manifest(split_dir)
-    if old is not None and not _same_source(old, teacher_sha256, temperature):
+    new = (teacher_sha256, float(temperature), tta, dtype)
+    if old is not None and _identity(old) != new:
         if not rebuild:
             raise LabelError(
-                f"{split_dir}: labels were made by teacher {old['teacher_sha256'][:12]} ({old.get('teacher')}) at "
-                f"T={old['temperature']:g}, not teacher {teacher_sha256[:12]} ({teacher}) at T={temperature:g}; "
-                f"pass --rebuild to replace them or choose another --out")
+                f"{split_dir}: labels were made by {_describe(_identity(old), old.get('teacher'))}, not by "
+                f"{_describe(new, str(teacher))}; pass --rebuild to replace them or choose another --out")
         for stale in split_dir.rglob("*.npz"):
             stale.unlink()
         old = None
     created = old["created"] if old else time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_json(split_dir / MANIFEST, {
         "format": LABEL_FORMAT, "teacher": str(teacher), "teacher_sha256": teacher_sha256,
+        "teachers": teachers or [{"path": str(teacher), "sha256": teacher_sha256}], "tta": tta, "dtype": dtype,
         "temperature": float(temperature), "split": split, "heads": list(HEADS),
-        "storage": "npz, key 'crack', float32 (H, W, 4) crack probability per head; background = 1 - crack",
+        "storage": f"npz, key 'crack', {dtype} (H, W, 4) crack probability per head; background = 1 - crack",
         "images": list(ids), "created": created, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return split_dir
 
@@ -178,24 +228,78 @@ def head_probabilities(logits: dict[str, np.ndarray], temperature: float, size: 
     return np.stack(planes, axis=-1)
 
 
-def write_split(predict_logits: Callable[[np.ndarray], dict[str, np.ndarray]], samples: list,
+def dihedral(k: int) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """(forward, inverse) of the k-th of the 8 flips / 90-degree rotations (k = 0 identity) of (H, W, ...) arrays:
+    forward = k % 4 quarter turns after a left-right flip when k >= 4; ``inverse(forward(a)) == a``."""
+    if not 0 <= k < 8:
+        raise ValueError(f"dihedral transform index must be 0..7, got {k}")
+    turns, flip = k % 4, k >= 4
+
+    def forward(a: np.ndarray) -> np.ndarray:
+        return np.rot90(a[:, ::-1] if flip else a, turns)
+
+    def inverse(a: np.ndarray) -> np.ndarray:
+        a = np.rot90(a, -turns)
+        return a[:, ::-1] if flip else a
+
+    return forward, inverse
+
+
+def averaged_logits(predictors: Callable | list[Callable], image: np.ndarray, tta: str = "none"
+                    ) -> dict[str, np.ndarray]:
+    """Per-head (H, W, 2) float32 logits of ``image`` averaged over the teachers ``predictors`` and, with
+    ``tta="d4"``, over the 8 flips / 90-degree rotations, each prediction cropped to its view and transformed back
+    before the average. A predictor maps an (N, H, W, 3) uint8 batch (or one image) to ``{head: (N, H', W', 2)}``
+    logits padded to a multiple of 4; the views of one shape go through it as one batch."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    predictors = [predictors] if callable(predictors) else list(predictors)
+    if not predictors:
+        raise ValueError("no teacher to predict with")
+    transforms = [dihedral(k) for k in range(8 if tta == "d4" else 1)]
+    views: dict[tuple, list] = {}  # view shape -> [(inverse, view)]: same-shape views share a batch
+    for forward, inverse in transforms:
+        view = np.ascontiguousarray(forward(image))
+        views.setdefault(view.shape, []).append((inverse, view))
+    total = {h: np.zeros((*image.shape[:2], 2), np.float64) for h in HEADS}
+    for shape, group in views.items():
+        batch = np.stack([v for _, v in group])
+        for predict in predictors:
+            logits = predict(batch)
+            for head in HEADS:
+                z = np.asarray(logits[head])
+                z = z if z.ndim == 4 else z[None]
+                for i, (inverse, _) in enumerate(group):
+                    total[head] += inverse(z[i, :shape[0], :shape[1]])
+    count = len(transforms) * len(predictors)
+    return {h: (total[h] / count).astype(np.float32) for h in HEADS}
+
+
+def write_split(predict_logits: Callable[[np.ndarray], dict[str, np.ndarray]] | list[Callable], samples: list,
                 read_image: Callable, labels_dir: str | Path, split: str, teacher: str | Path,
-                teacher_sha256: str, temperature: float, rebuild: bool = False, progress: bool = True) -> dict:
+                teacher_sha256: str, temperature: float, rebuild: bool = False, progress: bool = True, *,
+                tta: str = "none", dtype: str = "float32", teachers: list[dict] | None = None) -> dict:
     """Write the soft labels of one split; returns ``{"split", "written", "skipped", "dir"}``.
 
-    ``predict_logits(rgb_uint8) -> {head: logits}`` runs the teacher on one full-size image (the caller pads and
-    the logits are cropped back here); ``samples`` have ``.id`` and ``.image``.
+    ``predict_logits(rgb_uint8) -> {head: logits}`` runs the teacher on one full-size image or a batch of them (the
+    caller pads and the logits are cropped back here); a list of them is an ensemble, whose logits are averaged per
+    head (``teacher_sha256`` then the ``ensemble_sha256`` and ``teachers`` each one's path and hash:
+    ``label_source`` gives all three). ``tta="d4"`` averages the 8 flips / 90-degree rotations too. ``dtype``: the
+    storage, float32 or float16. ``samples`` have ``.id`` and ``.image``.
     """
     from tqdm import tqdm
 
     ids = [s.id for s in samples]
-    split_dir = open_split(labels_dir, split, teacher, teacher_sha256, temperature, ids, rebuild)
+    split_dir = open_split(labels_dir, split, teacher, teacher_sha256, temperature, ids, rebuild, tta=tta,
+                           dtype=dtype, teachers=teachers)
     todo = set(pending(split_dir, ids))
+    single = callable(predict_logits) and tta == "none"
     for sample in tqdm([s for s in samples if s.id in todo], desc=f"soft labels {split}", unit="img",
                        disable=not progress or None):
         image = read_image(sample.image)
-        write_soft_label(label_path(split_dir, sample.id),
-                         head_probabilities(predict_logits(image), temperature, image.shape[:2]))
+        logits = predict_logits(image) if single else averaged_logits(predict_logits, image, tta)
+        write_soft_label(label_path(split_dir, sample.id), head_probabilities(logits, temperature, image.shape[:2]),
+                         dtype)
     return {"split": split, "written": len(todo), "skipped": len(ids) - len(todo), "dir": str(split_dir)}
 
 
@@ -250,7 +354,7 @@ def kd_targets(one_hot: np.ndarray, soft: np.ndarray | None, t0: float) -> dict[
 
 
 def kd_losses(loss: str, crack_weight: float, alpha: float, t1: float = 1.0,
-              scale_by_t1_squared: bool = True) -> tuple[dict, dict[str, float]]:
+              scale_by_t1_squared: bool = True, pos_weight: float = 10.0) -> tuple[dict, dict[str, float]]:
     """Per-output losses and ``loss_weights`` for ``compile``: total = alpha * s * soft + (1 - alpha) * hard, where
     soft is the mean of the loss over the four soft heads, hard the loss of the ``real`` head, and s = T1^2 (or 1).
 
@@ -264,6 +368,6 @@ def kd_losses(loss: str, crack_weight: float, alpha: float, t1: float = 1.0,
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     scale = float(t1) ** 2 if scale_by_t1_squared else 1.0
-    losses = {name: make_loss(loss, crack_weight) for name in (*HEADS, REAL)}
+    losses = {name: make_loss(loss, crack_weight, pos_weight) for name in (*HEADS, REAL)}
     weights = {**{h: alpha * scale / len(HEADS) for h in HEADS}, REAL: 1.0 - alpha}
     return losses, weights

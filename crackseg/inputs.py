@@ -9,7 +9,8 @@ from typing import Callable
 import keras
 import numpy as np
 
-from .data import DataError, check_extra, augment_sample, center_sample, one_hot, steps_per_epoch
+from .data import (Augmentation, DataError, augment_sample, center_sample, check_extra, epoch_plan, mosaic, one_hot,
+                   piece_size, sampling_shares, steps_per_epoch)
 from .preprocess import pad_to_multiple, prepare
 
 Targets = Callable[..., tuple]  # (image batch, one-hot batch[, extra batch]) -> what Keras' fit gets
@@ -20,15 +21,21 @@ class TrainBatches(keras.utils.PyDataset):
     ``extra`` per-image float arrays (H, W, C) (teacher soft labels) ``(image, one-hot, extra (B,crop,crop,C))``,
     passed through ``targets`` when given (e.g. to make a dict of per-head targets).
 
-    One epoch (``len``) = every image once, in the order of ``order(epoch)``. Randomness comes from
-    (seed, epoch, sample position) only, so runs are reproducible whatever the number of worker threads. ``epoch``
-    is set by the training loop (``crackseg.training.fit``) as each epoch begins; Keras' own ``on_epoch_end`` calls
-    are not counted, because it also makes them when it resets its iterator.
+    Without ``sampling``, one epoch (``len``) = every image once, in the order of ``order(epoch)``. With
+    ``sampling`` (``size`` | ``sqrt`` | ``equal`` | ``NAME=WEIGHT,...``) and the per-image ``datasets`` names, an
+    epoch is ``samples_per_epoch`` tiles (0: as many as there are images), each drawn from a dataset by its share
+    (``crackseg.data.sampling_shares``); a dataset of images much smaller than ``crop`` fills its tiles with four
+    half-size crops (``crackseg.data.piece_size`` / ``mosaic``) instead of padding.
+
+    Randomness comes from (seed, epoch, tile position) only, so runs are reproducible whatever the number of worker
+    threads. ``epoch`` is set by the training loop (``crackseg.training.fit``) as each epoch begins; Keras' own
+    ``on_epoch_end`` calls are not counted, because it also makes them when it resets its iterator.
     """
 
     def __init__(self, images: list, masks: list, crop: int = 256, batch_size: int = 4, seed: int = 0,
                  augment: bool = True, jitter: bool = True, extra: list | None = None,
-                 targets: Targets | None = None, workers: int = 1):
+                 targets: Targets | None = None, workers: int = 1, datasets: list[str] | None = None,
+                 sampling: str | None = None, samples_per_epoch: int = 0, augmentation: Augmentation | None = None):
         # One worker: Keras then uses no thread pool of its own (under TensorFlow, tf.data's prefetch still overlaps
         # the next batch with the step). Its threaded enqueuer (workers > 1) once hung at the end of fit in the test
         # suite, with every thread asleep.
@@ -38,27 +45,54 @@ class TrainBatches(keras.utils.PyDataset):
         check_extra(images, extra)
         self.images, self.masks, self.extra, self.targets = images, masks, extra, targets
         self.crop, self.batch_size, self.seed, self.augment, self.jitter = crop, batch_size, seed, augment, jitter
+        self.augmentation = augmentation
         self.epoch = 0
+        self.sampling = sampling or None
+        self.tiles = samples_per_epoch if samples_per_epoch > 0 else len(images)
+        self._plans: dict[int, list[tuple[int, ...]]] = {}
+        if self.sampling:
+            self.datasets = list(datasets) if datasets is not None else ["data"] * len(images)
+            if len(self.datasets) != len(images):
+                raise DataError(f"{len(self.datasets)} dataset names for {len(images)} images")
+            self.shares = sampling_shares(self.datasets, self.sampling)
+            self.pieces = {name: piece_size([im for im, d in zip(images, self.datasets) if d == name], crop)
+                           for name in self.shares}
 
     def __len__(self) -> int:
-        return steps_per_epoch(len(self.images), self.batch_size)
+        return steps_per_epoch(self.tiles if self.sampling else len(self.images), self.batch_size)
 
     def order(self, epoch: int) -> np.ndarray:
-        """The sample order of ``epoch``."""
+        """The sample order of ``epoch`` (without ``sampling``)."""
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
+
+    def plan(self, epoch: int) -> list[tuple[int, ...]]:
+        """The sample indices of every tile of ``epoch``: one image, or four for a mosaic tile."""
+        if not self.sampling:
+            return [(int(i),) for i in self.order(epoch)]
+        if epoch not in self._plans:
+            per_tile = {name: 1 if size == self.crop else 4 for name, size in self.pieces.items()}
+            self._plans = {epoch: epoch_plan(self.datasets, self.shares, per_tile, self.tiles, self.seed, epoch)}
+        return self._plans[epoch]
+
+    def _sample(self, i: int, crop: int, rng: np.random.Generator) -> tuple:
+        more = self.extra[i] if self.extra is not None else None
+        if self.augment:
+            return augment_sample(self.images[i], self.masks[i], crop, rng, self.jitter, more, self.augmentation)
+        return center_sample(self.images[i], self.masks[i], crop, more)
 
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of {len(self)}")
-        chosen = self.order(self.epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        chosen = self.plan(self.epoch)[index * self.batch_size:(index + 1) * self.batch_size]
         samples = []
-        for slot, i in enumerate(chosen):
-            more = self.extra[i] if self.extra is not None else None
-            if self.augment:
-                rng = np.random.default_rng([self.seed, self.epoch, index * self.batch_size + slot])
-                samples.append(augment_sample(self.images[i], self.masks[i], self.crop, rng, self.jitter, more))
+        for slot, tile in enumerate(chosen):
+            rng = np.random.default_rng([self.seed, self.epoch, index * self.batch_size + slot])
+            if len(tile) == 1:
+                samples.append(self._sample(tile[0], self.crop, rng))
             else:
-                samples.append(center_sample(self.images[i], self.masks[i], self.crop, more))
+                piece = self.pieces[self.datasets[tile[0]]]
+                parts = [self._sample(i, piece, rng) for i in tile]
+                samples.append(mosaic(parts))
         batch = tuple(np.stack(column) for column in zip(*samples))
         return self.targets(*batch) if self.targets else batch
 
@@ -89,9 +123,11 @@ class EvalImages(keras.utils.PyDataset):
 
 def train_dataset(images: list, masks: list, crop: int = 256, batch_size: int = 4, seed: int = 0,
                   augment: bool = True, jitter: bool = True, extra: list | None = None,
-                  targets: Targets | None = None) -> TrainBatches:
+                  targets: Targets | None = None, datasets: list[str] | None = None, sampling: str | None = None,
+                  samples_per_epoch: int = 0, augmentation: Augmentation | None = None) -> TrainBatches:
     """Training batches for ``model.fit`` (see ``TrainBatches``)."""
-    return TrainBatches(images, masks, crop, batch_size, seed, augment, jitter, extra, targets)
+    return TrainBatches(images, masks, crop, batch_size, seed, augment, jitter, extra, targets, datasets=datasets,
+                        sampling=sampling, samples_per_epoch=samples_per_epoch, augmentation=augmentation)
 
 
 def eval_dataset(images: list, masks: list, extra: list | None = None, targets: Targets | None = None):

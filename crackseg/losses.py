@@ -52,10 +52,11 @@ class BCEDiceLoss(keras.losses.Loss):
 LOSSES = {"asymmetric": AsymmetricLoss, "bce_dice": BCEDiceLoss}
 
 
-def make_loss(name: str, crack_weight: float = 200.0) -> keras.losses.Loss:
-    """A loss by name: ``asymmetric`` (the paper's; ``crack_weight``) or ``bce_dice``."""
+def make_loss(name: str, crack_weight: float = 200.0, pos_weight: float = 10.0) -> keras.losses.Loss:
+    """A loss by name: ``asymmetric`` (the paper's; ``crack_weight``) or ``bce_dice`` (``pos_weight`` on crack
+    pixels in the BCE term)."""
     if name == "asymmetric":
         return AsymmetricLoss(crack_weight)
     if name == "bce_dice":
-        return BCEDiceLoss()
+        return BCEDiceLoss(pos_weight)
     raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}")

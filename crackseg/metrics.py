@@ -127,6 +127,29 @@ def evaluate_arrays(probs, truths, threshold: float = 0.5, distance: int = 2) ->
     return acc.result()
 
 
+def balanced_threshold(curves: dict[str, np.ndarray]) -> dict:
+    """The threshold that no single dataset's pixel count dominates: the one maximising the mean over datasets of
+    their strict F1. ``curves``: per dataset, the summed (tp, fp, fn) at every threshold (``threshold_counts``
+    added over its images). Returns ``{"threshold", "mean_f1", "by_dataset": {name: {"f1" (at the threshold),
+    "best_threshold", "best_f1"}}}``."""
+    if not curves:
+        raise ValueError("no datasets to choose a threshold on")
+    f1 = {name: _f1_from_tpfpfn(c) for name, c in sorted(curves.items())}
+    mean = np.mean(np.stack(list(f1.values())), axis=0)
+    best = int(np.argmax(mean))
+    return {"threshold": float(THRESHOLDS[best]), "mean_f1": float(mean[best]),
+            "by_dataset": {name: {"f1": float(c[best]), "best_threshold": float(THRESHOLDS[int(np.argmax(c))]),
+                                  "best_f1": float(c.max())} for name, c in f1.items()}}
+
+
+def dataset_curves(probs, truths, datasets) -> dict[str, np.ndarray]:
+    """Per dataset, the (tp, fp, fn) of its images summed at every threshold (input of ``balanced_threshold``)."""
+    curves: dict[str, np.ndarray] = {}
+    for prob, truth, name in zip(probs, truths, datasets, strict=True):
+        curves[name] = curves.get(name, 0) + threshold_counts(prob, truth)
+    return curves
+
+
 def format_report(r: dict) -> str:
     """A small table of a ``result()`` dict."""
     rows = [f"images {r['images']}  threshold {r['threshold']:.2f}",

@@ -11,10 +11,10 @@ from model import HEADS, build_model, logits_model_of, profile
 from model.profile import format_profile
 
 from .data import load_training_data
-from .inputs import eval_dataset, train_dataset
+from .inputs import train_dataset
 from .keras_metrics import crack_metrics
 from .losses import make_loss
-from .training import compile_model, fit
+from .training import BalancedValidation, TrainingError, compile_model, fit, predict_probabilities
 
 
 def resolve_preset_name(preset: str) -> str:
@@ -53,6 +53,26 @@ def _lists(value):
     return None if value in (None, "", "none", "None") else value
 
 
+def training_input(config: dict, arrays: dict, extra: list | None = None, targets=None):
+    """The training batches every Train step uses: per-dataset sampling, tiles per epoch, crops and augmentation
+    from the config (``sampling``, ``samples_per_epoch``, ``crop``, ``augment``)."""
+    from .data import Augmentation
+
+    return train_dataset(*arrays["train"], crop=config["crop"], batch_size=config["batch_size"], seed=config["seed"],
+                         extra=extra, targets=targets, datasets=arrays["datasets"]["train"],
+                         sampling=config["sampling"], samples_per_epoch=config["samples_per_epoch"],
+                         augmentation=Augmentation.parse(config["augment"]))
+
+
+def describe_input(batches) -> None:
+    """One line: each dataset's share of the training tiles and the crop it is cut into."""
+    if getattr(batches, "sampling", None):
+        print(f"sampling {batches.sampling}: {len(batches)} steps of {batches.batch_size} tiles per epoch; "
+              + ", ".join(f"{name} {share:.0%} ({batches.pieces[name]}px"
+                          + (" x4)" if batches.pieces[name] != batches.crop else ")")
+                          for name, share in batches.shares.items()))
+
+
 def train_teacher(config: dict) -> dict:
     """Train_1: a preset with the loss on all four heads, best checkpoint by validation mix-head F1."""
     config = with_initial_weights({**config, "preset": resolve_preset_name(config["preset"])})
@@ -64,20 +84,20 @@ def train_teacher(config: dict) -> dict:
         model = build_model(config["preset"], input_size=None, **overrides)
         if config["init"]:
             warm_start(model, config["init"])
-        loss = make_loss(config["loss"], config["crack_weight"])
+        loss = make_loss(config["loss"], config["crack_weight"], config["pos_weight"])
         return compile_model(model, {h: loss for h in HEADS}, config["lr"], config["optimizer"],
                              metrics={"mix": crack_metrics(config["threshold"], config["distance"])})
 
     print_profile(config["preset"], config["profile_size"], overrides)
     heads = lambda x, y: (x, {h: y for h in HEADS})  # noqa: E731
-    train = train_dataset(*arrays["train"], crop=config["crop"], batch_size=config["batch_size"],
-                          seed=config["seed"], targets=heads)
-    val = eval_dataset(*arrays["val"], targets=heads)
+    train = training_input(config, arrays, targets=heads)
+    describe_input(train)
+    validator = BalancedValidation(*arrays["val"], arrays["datasets"]["val"], "mix")
     preview = (arrays["val"][0][0], arrays["val"][1][0])
-    state = fit(build, train, val, config["out"], config, epochs=config["epochs"], monitor="val_mix_f1",
+    state = fit(build, train, None, config["out"], config, epochs=config["epochs"], monitor="val_score",
                 lr_patience=config["lr_patience"], stop_patience=config["stop_patience"],
-                max_minutes=config["max_minutes"], preview=preview, preview_output="mix")
-    print(f"best val_mix_f1 {state['best']:.4f}; teacher: {Path(config['out']) / 'best.keras'}")
+                max_minutes=config["max_minutes"], preview=preview, preview_output="mix", validator=validator)
+    print(f"best val_score {state['best']:.4f}; teacher: {Path(config['out']) / 'best.keras'}")
     if config["deploy"]:
         deploy_teacher(config, arrays)
     return state
@@ -98,8 +118,9 @@ def deploy_teacher(config: dict, arrays: dict) -> Path:
     state = json.loads((run / "state.json").read_text())
     best = load_keras_model(run / "best.keras")
     report = choose_threshold(deploy_model(best, head="mix", temperature=1.0), *arrays["val"],
-                              distance=config["distance"])
-    print("teacher (mix head) on validation at the ODS threshold:\n" + format_report(report))
+                              arrays["datasets"]["val"], distance=config["distance"])
+    print(f"teacher (mix head) on validation at the balanced threshold {report['threshold']:.2f}:\n"
+          + format_report(report))
     dest = Path(config["deploy"])
     with atomic_path(dest) as tmp:
         shutil.copyfile(run / "best.keras", tmp)
@@ -109,9 +130,9 @@ def deploy_teacher(config: dict, arrays: dict) -> Path:
             **model_facts(best, config["profile_size"]), "preset": config["preset"],
             "architecture": asdict(infer_preset(best)), "loss": config["loss"], **recipe_facts(config),
             **data_facts(config, arrays["splits"]), **validation_facts(report),
-            "run": str(run), "epochs": state["epoch"], "best_val_mix_f1": state["best"]}
+            "run": str(run), "epochs": state["epoch"], "best_val_score": state["best"]}
     card = write_card(dest, info)
-    print(f"teacher: {dest} (threshold {report['ods_threshold']:.2f}), card {card}")
+    print(f"teacher: {dest} (threshold {report['threshold']:.2f}), card {card}")
     return dest
 
 
@@ -129,7 +150,9 @@ def recipe_facts(config: dict) -> dict:
     start = None
     if config["init"]:
         start = {"path": config["init"], "sha256": config.get("init_sha256")}
-    return {k: config[k] for k in ("optimizer", "lr", "batch_size", "crop", "dilate")} | {"initial_weights": start}
+    keys = ("optimizer", "lr", "batch_size", "crop", "dilate", "sampling", "samples_per_epoch", "augment",
+            "crack_weight", "pos_weight")
+    return {k: config.get(k) for k in keys} | {"initial_weights": start}
 
 
 def with_initial_weights(config: dict) -> dict:
@@ -146,10 +169,17 @@ def with_initial_weights(config: dict) -> dict:
     return {**config, "init_sha256": sha256(init) if init and init.is_file() else None}
 
 
+THRESHOLD_RULE = "maximises the mean over validation datasets of their strict F1 (crackseg.metrics.balanced_threshold)"
+
+
 def validation_facts(report: dict) -> dict:
-    """A model card's threshold (ODS on validation) and the validation metrics there."""
-    return {"threshold": report["ods_threshold"],
-            "validation": {k: report[k] for k in ("images", "strict", "tolerant", "ods_f1", "ois_f1", "miou")}}
+    """A model card's threshold (the balanced rule on validation) and the validation metrics there, overall and per
+    dataset, with each dataset's own best threshold."""
+    keys = ("images", "strict", "tolerant", "ods_f1", "ods_threshold", "ois_f1", "miou")
+    validation = {k: report[k] for k in keys}
+    if "by_dataset" in report:
+        validation["by_dataset"] = {name: {k: part[k] for k in keys} for name, part in report["by_dataset"].items()}
+    return {"threshold": report["threshold"], "threshold_rule": THRESHOLD_RULE, "validation": validation}
 
 
 # ---------------------------------------------------------------------------------------------- Train_2 and Train_3
@@ -165,11 +195,11 @@ def load_keras_model(path: str | Path) -> keras.Model:
 
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"error: {path}: model file not found")
+        raise TrainingError(f"{path}: model file not found")
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises ValueError, OSError, zipfile errors... for a bad file
-        raise SystemExit(f"error: {path}: cannot load Keras model ({type(exc).__name__}: {exc})") from None
+        raise TrainingError(f"{path}: cannot load Keras model ({type(exc).__name__}: {exc})") from None
 
 
 def warm_start(model: keras.Model, path: str) -> keras.Model:
@@ -181,43 +211,55 @@ def warm_start(model: keras.Model, path: str) -> keras.Model:
     try:
         copied = copy_weights(source, model)
     except ValueError as exc:
-        raise SystemExit(f"error: --init={path}: {exc}") from None
+        raise TrainingError(f"--init={path}: {exc}") from None
     print(f"initial weights: {copied} layers from {path}")
     return model
 
 
 def make_soft_labels(config: dict) -> list[dict]:
-    """Train_2: the teacher's four heads softened at T, written per split (resumable, refusing stale labels)."""
+    """Train_2: the teacher's four heads softened at T, written per split (resumable, refusing stale labels).
+    ``teacher`` may name several files (comma-separated: an ensemble, logits averaged per head); ``tta`` averages
+    the 8 flips / 90-degree rotations too; ``dtype`` is the storage (float32 | float16)."""
     from .data import load_split, read_image
-    from .distill import HEADS as STORED_HEADS, LabelError, write_split
+    from .distill import HEADS as STORED_HEADS, LabelError, label_source, write_split
     from .io import sha256
     from .preprocess import prepare
 
-    teacher_path = Path(config["teacher"])
-    try:
-        teacher_logits = logits_model_of(load_keras_model(teacher_path))  # outputs in model.HEADS order
-    except ValueError as exc:  # not an MCFF-L network
-        raise SystemExit(f"error: {teacher_path}: {exc}") from None
-    teacher_sha = sha256(teacher_path)
+    teacher_paths = [Path(p.strip()) for p in str(config["teacher"]).split(",") if p.strip()]
+    if not teacher_paths:
+        raise TrainingError("--teacher: no model file given")
+    networks = []
+    for teacher_path in teacher_paths:
+        try:
+            networks.append(logits_model_of(load_keras_model(teacher_path)))  # outputs in model.HEADS order
+        except ValueError as exc:  # not an MCFF-L network
+            raise TrainingError(f"{teacher_path}: {exc}") from None
+    source = label_source([(p, sha256(p)) for p in teacher_paths], "d4" if config.get("tta") else "none")
+    dtype = config.get("dtype", "float32")
     splits = load_split(config["data"], _lists(config["lists"]), config["val_fraction"], config["seed"])
 
-    def predict_logits(image: np.ndarray) -> dict[str, np.ndarray]:
-        x, _ = prepare(image)  # padded to a multiple of 4; write_split crops the logits back
-        outs = teacher_logits(x, training=False)
-        return {h: keras.ops.convert_to_numpy(o) for h, o in zip(STORED_HEADS, outs)}
+    def predictor(network):
+        def predict_logits(image: np.ndarray) -> dict[str, np.ndarray]:
+            x, _ = prepare(image)  # padded to a multiple of 4; write_split crops the logits back
+            outs = network(x, training=False)
+            return {h: keras.ops.convert_to_numpy(o) for h, o in zip(STORED_HEADS, outs)}
+        return predict_logits
+
+    predict_logits = [predictor(n) for n in networks] if len(networks) > 1 else predictor(networks[0])
 
     reports = []
     for split in config["splits"]:
         if split not in splits:
-            raise SystemExit(f"error: --splits: unknown split {split!r}; choose from {tuple(splits)}")
+            raise TrainingError(f"--splits: unknown split {split!r}; choose from {tuple(splits)}")
         if not splits[split]:
             print(f"{split}: no images in this split, skipped")
             continue
         try:
-            report = write_split(predict_logits, splits[split], read_image, config["out"], split, teacher_path,
-                                 teacher_sha, config["temperature"], config["rebuild"])
-        except LabelError as exc:
-            raise SystemExit(f"error: {exc}") from None
+            report = write_split(predict_logits, splits[split], read_image, config["out"], split, source["teacher"],
+                                 source["teacher_sha256"], config["temperature"], config["rebuild"],
+                                 tta=source["tta"], dtype=dtype, teachers=source["teachers"])
+        except (LabelError, ValueError) as exc:
+            raise TrainingError(str(exc)) from None
         print(f"{split}: {report['written']} written, {report['skipped']} already there -> {report['dir']}")
         reports.append(report)
     return reports
@@ -231,13 +273,26 @@ def predict_crack(deployed: keras.Model, image: np.ndarray) -> np.ndarray:
     return crop_back(keras.ops.convert_to_numpy(deployed(x, training=False)), size)[0].astype(np.float32)
 
 
-def choose_threshold(deployed: keras.Model, images: list, masks: list, distance: int = 2) -> dict:
-    """Validation report of ``deployed`` at the threshold with the best dataset F1 (ODS)."""
-    from .metrics import evaluate_arrays
+def choose_threshold(deployed: keras.Model, images: list, masks: list, datasets: list[str] | None = None,
+                     distance: int = 2) -> dict:
+    """Validation report of ``deployed`` at the balanced threshold (the mean of the datasets' strict F1 is best;
+    with one dataset that is its ODS threshold), with ``by_dataset`` reports at that threshold and ``balanced``
+    (each dataset's own best threshold and F1)."""
+    from .metrics import balanced_threshold, dataset_curves, evaluate_arrays
 
-    probs = [predict_crack(deployed, image) for image in images]
-    ods = evaluate_arrays(probs, masks, 0.5, distance)["ods_threshold"]  # the sweep does not depend on 0.5
-    return evaluate_arrays(probs, masks, ods, distance)
+    datasets = list(datasets) if datasets is not None else ["data"] * len(images)
+    probs = predict_probabilities(deployed, images)
+    choice = balanced_threshold(dataset_curves(probs, masks, datasets))
+    report = evaluate_arrays(probs, masks, choice["threshold"], distance)
+    report["balanced"] = choice
+    names = sorted(set(datasets))
+    if len(names) > 1:
+        report["by_dataset"] = {}
+        for name in names:
+            part = [i for i, d in enumerate(datasets) if d == name]
+            report["by_dataset"][name] = evaluate_arrays([probs[i] for i in part], [masks[i] for i in part],
+                                                         choice["threshold"], distance)
+    return report
 
 
 def train_student(config: dict) -> dict:
@@ -253,22 +308,23 @@ def train_student(config: dict) -> dict:
     try:
         kd = resolve_strategy(config["strategy"], config["t0"], config["t1"], config["t2"])
     except ValueError as exc:
-        raise SystemExit(f"error: --strategy/--t0/--t1/--t2: {exc}") from None
+        raise TrainingError(f"--strategy/--t0/--t1/--t2: {exc}") from None
     t0, t1, t2 = kd["t0"], kd["t1"], kd["t2"]
     # resolved, so resume checks compare real temperatures
     config = with_initial_weights({**config, "t0": t0, "t1": t1, "t2": t2})
     arrays = load_training_data(config["data"], _lists(config["lists"]), config["val_fraction"], config["seed"],
                                 config["dilate"])
     splits = arrays["splits"]
-    train_soft = val_soft = None
+    train_soft = None
     teacher = None
     if kd["distill"]:
         try:
             train_soft, manifest = load_split_labels(config["labels"], "train", splits["train"], t1)
-            val_soft, _ = load_split_labels(config["labels"], "val", splits["val"], t1, manifest["teacher_sha256"])
         except LabelError as exc:
-            raise SystemExit(f"error: {exc}") from None
-        teacher = {"path": manifest["teacher"], "sha256": manifest["teacher_sha256"], "labels": str(config["labels"])}
+            raise TrainingError(str(exc)) from None
+        teacher = {"path": manifest["teacher"], "sha256": manifest["teacher_sha256"], "labels": str(config["labels"]),
+                   "teachers": manifest.get("teachers"), "tta": manifest.get("tta", "none"),
+                   "label_dtype": manifest.get("dtype", "float32")}
         print(f"soft labels at T={t1:g} from teacher {manifest['teacher']} ({manifest['teacher_sha256'][:12]})")
     print(f"strategy {kd['strategy']}: T0={t0:g} T1={t1:g} T2={t2:g}, alpha={config['alpha']}")
     # Same seed, same initial weights: a KD run and its no-teacher baseline differ only in their targets.
@@ -281,7 +337,7 @@ def train_student(config: dict) -> dict:
         if config["init"]:
             warm_start(student, config["init"])
         losses, weights = kd_losses(config["loss"], config["crack_weight"], config["alpha"], t1,
-                                    config["t1_squared"])
+                                    config["t1_squared"], config["pos_weight"])
         return compile_model(student, losses, config["lr"], config["optimizer"], loss_weights=weights,
                              metrics={"real": crack_metrics(config["threshold"], config["distance"])})
 
@@ -290,23 +346,24 @@ def train_student(config: dict) -> dict:
         to_targets = lambda x, y, soft: (x, kd_targets(y, soft, t0))  # noqa: E731
     else:
         to_targets = lambda x, y: (x, kd_targets(y, None, t0))  # noqa: E731
-    train = train_dataset(*arrays["train"], crop=config["crop"], batch_size=config["batch_size"],
-                          seed=config["seed"], extra=train_soft, targets=to_targets)
-    val = eval_dataset(*arrays["val"], extra=val_soft, targets=to_targets)
+    train = training_input(config, arrays, extra=train_soft, targets=to_targets)
+    describe_input(train)
+    # Validation scores the real head (the one deployed) against the ground truth by the card's threshold rule.
+    validator = BalancedValidation(*arrays["val"], arrays["datasets"]["val"], "real")
     preview = (arrays["val"][0][0], arrays["val"][1][0])
-    state = fit(build, train, val, config["out"], config, epochs=config["epochs"], monitor="val_real_f1",
+    state = fit(build, train, None, config["out"], config, epochs=config["epochs"], monitor="val_score",
                 lr_patience=config["lr_patience"], stop_patience=config["stop_patience"],
-                max_minutes=config["max_minutes"], preview=preview, preview_output="real")
+                max_minutes=config["max_minutes"], preview=preview, preview_output="real", validator=validator)
     run = Path(config["out"])
-    print(f"best val_real_f1 {state['best']:.4f}; student run: {run / 'best.keras'}")
+    print(f"best val_score {state['best']:.4f}; student run: {run / 'best.keras'}")
 
     best = load_keras_model(run / "best.keras")
     deployed = deploy_model(best, head="mix", temperature=t2)
     deploy_path = Path(config["deploy"])
     with atomic_path(deploy_path) as tmp:
         deployed.save(tmp)
-    report = choose_threshold(deployed, *arrays["val"], distance=config["distance"])
-    print("validation at the ODS threshold:\n" + format_report(report))
+    report = choose_threshold(deployed, *arrays["val"], arrays["datasets"]["val"], distance=config["distance"])
+    print(f"validation at the balanced threshold {report['threshold']:.2f}:\n" + format_report(report))
     info = {
         "kind": "MCFF-L student, mix head only", "output": "crack probability (N, H, W, 1)",
         "input": "RGB, scaled to [-1, 1], H and W padded to multiples of 4 (crackseg.preprocess.prepare)",
@@ -315,8 +372,8 @@ def train_student(config: dict) -> dict:
         "strategy": kd["strategy"], "t0": t0, "t1": t1, "t2": t2, "alpha": config["alpha"],
         "soft_loss_scale": t1 ** 2 if config["t1_squared"] else 1.0, "loss": config["loss"], **recipe_facts(config),
         "teacher": teacher, **data_facts(config, splits), **validation_facts(report),
-        "run": str(run), "epochs": state["epoch"], "best_val_real_f1": state["best"],
+        "run": str(run), "epochs": state["epoch"], "best_val_score": state["best"],
     }
     card = write_card(deploy_path, info)
-    print(f"deployable student: {deploy_path} (threshold {report['ods_threshold']:.2f}), card {card}")
+    print(f"deployable student: {deploy_path} (threshold {report['threshold']:.2f}), card {card}")
     return {**state, "deploy": str(deploy_path), "card": str(card), "validation": report}

@@ -67,11 +67,17 @@ def test_deepcrack_reader(shared_datasets):
 
 @needs_shared
 def test_repository_split_lists_resolve_against_shared_data(shared_datasets):
+    """All four sets; DeepCrack and CrackForest keep the earlier 376 / 42 lists, CRACK500 and AigleRN their own."""
     splits = load_split(str(shared_datasets), str(REPO / "datasets" / "splits"))
-    assert len(splits["train"]) == 376 and len(splits["val"]) == 42 and splits["test"] == []
-    train, val = {s.id for s in splits["train"]}, {s.id for s in splits["val"]}
-    assert not train & val
-    assert len(train | val) == 118 + 300
+    assert (len(splits["train"]), len(splits["val"]), len(splits["test"])) == (5798, 980, 78)
+    old = lambda part: [s for s in splits[part] if s.id.split("/")[0] in ("DeepCrack", "CrackForest")]  # noqa: E731
+    assert len(old("train")) == 376 and len(old("val")) == 42 and not old("test")
+    train, val, test = ({s.id for s in splits[k]} for k in ("train", "val", "test"))
+    assert not train & val and not train & test and not val & test
+    assert len(train | val | test) == 118 + 300 + 6169 + 269
+    assert all(s.id.startswith("AigleRN/") for s in splits["test"])
+    photo = lambda ids: {Path(i).stem.rsplit("-", 1)[0] for i in ids if i.startswith("CRACK500/")}  # noqa: E731
+    assert not photo(train) & photo(val)  # CRACK500 is split by photo, never by crop
     assert all(s.image.is_file() and s.mask.is_file() for s in splits["train"] + splits["val"])
 
 
@@ -361,3 +367,168 @@ def test_atomic_path_leaves_the_old_file_intact_on_error(tmp_path):
         tmp.write_text("new")
     assert target.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+
+
+# ---------------------------------------------------------------------------------------------- mixed datasets
+def test_sampling_shares_by_rule():
+    from crackseg.data import sampling_shares
+
+    names = ["big"] * 400 + ["small"] * 100
+    assert sampling_shares(names, "size") == pytest.approx({"big": 0.8, "small": 0.2})
+    assert sampling_shares(names, "sqrt") == pytest.approx({"big": 20 / 30, "small": 10 / 30})  # sqrt 400 : sqrt 100
+    assert sampling_shares(names, "equal") == pytest.approx({"big": 0.5, "small": 0.5})
+    assert sampling_shares(names, "big=1,small=3") == pytest.approx({"big": 0.25, "small": 0.75})
+    with pytest.raises(DataError, match="no weight for dataset.*small"):
+        sampling_shares(names, "big=1")
+    with pytest.raises(DataError, match="expected size \\| sqrt"):
+        sampling_shares(names, "bigger")
+    with pytest.raises(DataError, match="sum to 0"):
+        sampling_shares(names, "big=0,small=0")
+
+
+def test_epoch_plan_follows_the_shares_and_uses_every_image_before_repeating():
+    from crackseg.data import epoch_plan
+
+    names = ["a"] * 10 + ["b"] * 90
+    plan = epoch_plan(names, {"a": 0.5, "b": 0.5}, {"a": 1, "b": 4}, tiles=2000, seed=3, epoch=0)
+    assert len(plan) == 2000
+    a_tiles = [t for t in plan if len(t) == 1]
+    assert all(names[i] == "a" for t in a_tiles for i in t)
+    assert all(len(t) == 4 and all(names[i] == "b" for i in t) for t in plan if len(t) != 1)
+    assert abs(len(a_tiles) - 1000) < 100  # half the tiles, within sampling noise (sd ~22)
+    first = [t[0] for t in a_tiles[:10]]
+    assert sorted(first) == list(range(10))  # the small set goes round once before any image repeats
+    assert plan == epoch_plan(names, {"a": 0.5, "b": 0.5}, {"a": 1, "b": 4}, 2000, 3, 0)  # reproducible
+    assert plan != epoch_plan(names, {"a": 0.5, "b": 0.5}, {"a": 1, "b": 4}, 2000, 3, 1)  # new each epoch
+
+
+def test_small_images_are_packed_four_to_a_tile():
+    from crackseg.data import piece_size
+
+    rng = np.random.default_rng(0)
+    big = [rng.integers(0, 256, (200, 300, 3), dtype=np.uint8) for _ in range(3)]
+    small = [rng.integers(0, 256, (60, 100, 3), dtype=np.uint8) for _ in range(5)]
+    assert piece_size(big, 128) == 128 and piece_size(small, 128) == 64
+    masks = [np.zeros(im.shape[:2], bool) for im in big] + [np.ones(im.shape[:2], bool) for im in small]
+    names = ["big"] * 3 + ["small"] * 5
+    ds = train_dataset(big + small, masks, crop=128, batch_size=4, seed=1, datasets=names, sampling="equal",
+                       samples_per_epoch=40)
+    assert len(ds) == 10 and ds.pieces == {"big": 128, "small": 64}
+    seen_small = 0
+    for i in range(len(ds)):
+        x, y = ds[i]
+        _check_batch(x, y, 4, 128)
+        for tile, label in zip(ds.plan(0)[i * 4:(i + 1) * 4], y[..., 1]):
+            if len(tile) == 4:  # a mosaic of four all-crack crops (no padding, no stripes: default augmentation)
+                seen_small += 1
+                assert label.all()
+            else:
+                assert not label.any()
+    assert seen_small > 0
+
+
+def test_mosaic_places_the_four_pieces_in_quadrants():
+    from crackseg.data import mosaic
+
+    pieces = [(np.full((4, 4, 3), k, np.float32), np.full((4, 4, 2), k, np.float32)) for k in range(4)]
+    image, label = mosaic(pieces)
+    assert image.shape == (8, 8, 3) and label.shape == (8, 8, 2)
+    assert image[0, 0, 0] == 0 and image[0, 7, 0] == 1 and image[7, 0, 0] == 2 and image[7, 7, 0] == 3
+
+
+def test_augmentation_spec_parsing_and_refusals():
+    from crackseg.data import Augmentation
+
+    aug = Augmentation.parse("scale=0.5:2,blur=0.2,jpeg=0.3,shadow=0.3,stripe=0.2,grey=0.1")
+    assert aug.scale == (0.5, 2.0) and aug.blur == 0.2 and aug.grey == 0.1 and aug.active
+    assert Augmentation.parse("none") == Augmentation() and not Augmentation().active
+    for bad, why in (("blur", "name=value"), ("fog=0.2", "name=value"), ("blur=x", "not a number"),
+                     ("blur=1.5", "probability"), ("scale=2:0.5", "low <= high")):
+        with pytest.raises(DataError, match=why):
+            Augmentation.parse(bad)
+
+
+def test_scale_augmentation_resizes_image_and_mask_together():
+    """A mask drawn from the image itself still matches it after a random resize (and crop / flip / turn)."""
+    from crackseg.data import Augmentation
+
+    aug = Augmentation(scale=(0.5, 2.0))
+    image = np.zeros((120, 160, 3), np.uint8)
+    image[:, 70:90] = 255  # one vertical band 20 px wide
+    mask = image[..., 0] > 0
+    widths = set()
+    for seed in range(16):
+        x, y = augment_sample(image, mask, 64, np.random.default_rng(seed), jitter=False, aug=aug)
+        bright = (x[..., 0] > 0.0)
+        label = y[..., 1] > 0.5
+        assert (bright != label).mean() < 0.03  # only interpolated edge pixels may differ
+        if label.any():
+            widths.add(int(min(label.sum(0).max(), label.sum(1).max())))
+    assert max(widths) > 1.5 * min(widths)  # the band was really resized
+
+
+def test_photometric_augmentation_keeps_labels_except_under_stripes():
+    from crackseg.data import Augmentation
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(60, 200, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[:, 30:34] = True
+    shadows = Augmentation(shadow=1.0, blur=1.0, jpeg=1.0, grey=1.0)
+    for seed in range(6):
+        plain = augment_sample(image, mask, 64, np.random.default_rng(seed), jitter=False)
+        x, y = augment_sample(image, mask, 64, np.random.default_rng(seed), jitter=False, aug=shadows)
+        np.testing.assert_array_equal(y, plain[1])  # shadows, blur, JPEG, grey-scale never touch the label
+        assert x.min() >= -1 and x.max() <= 1 and not np.allclose(x, plain[0])
+        np.testing.assert_allclose(x[..., 0], x[..., 1], atol=0.02)  # grey-scale (up to JPEG chroma noise)
+    striped = Augmentation(stripe=1.0)
+    cleared = 0
+    for seed in range(6):
+        x, y = augment_sample(image, mask, 64, np.random.default_rng(seed), jitter=False, aug=striped)
+        cleared += int(mask.sum() - y[..., 1].sum())
+        assert y[..., 1].sum() <= mask.sum()  # a stripe only ever removes crack pixels (paint hides them)
+    assert cleared > 0
+    extra = np.zeros((64, 64, 2), np.float32)
+    for seed in range(4):  # with soft labels no stripe is drawn: the teacher's targets could not follow it
+        out = augment_sample(image, mask, 64, np.random.default_rng(seed), jitter=False, extra=extra, aug=striped)
+        assert out[1][..., 1].sum() == mask.sum()
+
+
+def test_write_splits_keeps_a_dataset_s_own_lists(tmp_path, synthetic_data):
+    from crackseg.data import write_splits
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_data, root / "Own")
+    shutil.copytree(synthetic_data, root / "Plain")
+    stems = sorted(p.stem for p in (root / "Own" / "images").iterdir())
+    (root / "Own" / "train.txt").write_text("\n".join(stems[:8]) + "\n")
+    (root / "Own" / "val.txt").write_text("\n".join(stems[8:10]) + "\n")
+    (root / "Own" / "test.txt").write_text("\n".join(stems[10:]) + "\n")
+    for name in ("train.txt", "val.txt", "test.txt"):  # the generic layout's lists are not data
+        (root / "Plain" / name).unlink(missing_ok=True)
+    counts = write_splits(str(root), tmp_path / "splits", 0.25, 0)
+    lines = {s: (tmp_path / "splits" / f"{s}.txt").read_text().split() for s in ("train", "val", "test")}
+    assert counts == {"train": 8 + 9, "val": 2 + 3, "test": 2}
+    assert sorted(Path(i).stem for i in lines["test"]) == stems[10:]
+    assert all(i.startswith("Own/") for i in lines["test"])
+    assert {Path(i).stem for i in lines["val"] if i.startswith("Own/")} == set(stems[8:10])
+
+
+def test_lists_that_name_none_of_the_data_fall_back_with_one_line(tmp_path, synthetic_data, capsys):
+    from crackseg.data import load_split
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "train.txt").write_text("DeepCrack/train_img/11111.jpg\n")
+    (lists / "val.txt").write_text("DeepCrack/train_img/11112.jpg\n")
+    data = tmp_path / "plain"
+    shutil.copytree(synthetic_data, data)
+    for name in ("train.txt", "val.txt", "test.txt"):
+        (data / name).unlink(missing_ok=True)
+    split = load_split(str(data), str(lists), 0.25, 0)
+    out = capsys.readouterr().out
+    assert "names none of the samples" in out and "seeded split" in out and len(out.strip().splitlines()) == 1
+    assert len(split["val"]) == 3 and len(split["train"]) == 9
+    (lists / "train.txt").write_text("DeepCrack/train_img/11111.jpg\n" + split["train"][0].id + "\n")
+    with pytest.raises(DataError, match="11111.jpg' is not in the data"):  # a partly wrong list is still an error
+        load_split(str(data), str(lists), 0.25, 0)

@@ -211,3 +211,33 @@ def test_keras_metric_names_and_bad_kind():
     assert [m.name for m in crack_metrics()] == ["precision", "recall", "f1", "iou", "tol_f1"]
     with pytest.raises(ValueError):
         CrackMetric("accuracy")
+
+
+# ---------------------------------------------------------------------------------------------- balanced threshold
+def test_balanced_threshold_is_not_dominated_by_the_dataset_with_most_pixels():
+    """A big dataset whose best threshold is 0.3 and a small one whose best is 0.8: pooled pixel counts would pick
+    the big one's; the rule maximises the mean of the two F1 curves instead."""
+    from crackseg.metrics import THRESHOLDS, balanced_threshold, dataset_curves
+
+    big_truth = np.zeros((100, 100), bool)
+    big_truth[:, :50] = True
+    big_prob = np.where(big_truth, 0.35, 0.25).astype(np.float32)  # perfect for any threshold in (0.25, 0.35]
+    small_truth = np.zeros((10, 10), bool)
+    small_truth[:, :5] = True
+    small_prob = np.where(small_truth, 0.9, 0.75).astype(np.float32)  # perfect in (0.75, 0.9]
+    curves = dataset_curves([big_prob, small_prob], [big_truth, small_truth], ["big", "small"])
+    pooled = curves["big"] + curves["small"]
+    f1 = lambda t: 2 * t[:, 0] / np.maximum(2 * t[:, 0] + t[:, 1] + t[:, 2], 1)  # noqa: E731
+    assert THRESHOLDS[int(np.argmax(f1(pooled)))] <= 0.35  # pooled pixels: the big set decides
+    choice = balanced_threshold(curves)
+    # at t in (0.75, 0.9] the small set is perfect (F1 1) and the big one predicts nothing (F1 0): mean 0.5; at
+    # t in (0.25, 0.35] the big one is perfect and the small one flags everything (P 0.5, R 1, F1 2/3): mean 0.83
+    assert 0.25 < choice["threshold"] <= 0.35 and choice["mean_f1"] == pytest.approx((1 + 2 / 3) / 2)
+    assert choice["by_dataset"]["big"]["f1"] == pytest.approx(1.0)
+    assert choice["by_dataset"]["small"]["f1"] == pytest.approx(2 / 3)
+    assert 0.75 < choice["by_dataset"]["small"]["best_threshold"] <= 0.9
+    assert choice["by_dataset"]["small"]["best_f1"] == pytest.approx(1.0)
+    one = balanced_threshold({"only": curves["small"]})  # one dataset: its own ODS threshold
+    assert one["threshold"] == one["by_dataset"]["only"]["best_threshold"]
+    with pytest.raises(ValueError):
+        balanced_threshold({})

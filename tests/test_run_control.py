@@ -79,7 +79,9 @@ def test_a_finished_run_needs_no_last_checkpoint(tmp_path):
 def test_resuming_without_last_checkpoint_is_one_clear_error(tmp_path):
     run = tmp_path / "run"
     _finished_run(run, 1)
-    with pytest.raises(SystemExit, match="last.keras: missing, cannot resume after epoch 1"):
+    from crackseg.training import TrainingError
+
+    with pytest.raises(TrainingError, match="last.keras: missing, cannot resume after epoch 1"):
         fit(lambda: None, None, None, run, {"preset": "student"}, epochs=3)
 
 
@@ -130,9 +132,11 @@ def test_init_from_a_model_of_another_architecture_is_one_line(tiny_model):
     from crackseg.train_steps import warm_start
     from model import build_model
 
-    with pytest.raises(SystemExit, match=r"^error: --init=.*tiny\.keras: layer .* do not fit"):
+    from crackseg.training import TrainingError
+
+    with pytest.raises(TrainingError, match=r"^--init=.*tiny\.keras: layer .* do not fit"):
         warm_start(build_model("student", None, width=8, blocks=1), str(tiny_model["keras"]))
-    with pytest.raises(SystemExit, match=r"^error: .*nothing\.keras: model file not found"):
+    with pytest.raises(TrainingError, match=r"^.*nothing\.keras: model file not found"):
         warm_start(build_model("student", None, width=4, blocks=1), str(tiny_model["keras"].parent / "nothing.keras"))
 
 
@@ -156,3 +160,59 @@ def test_initial_weights_hash_is_taken_when_the_run_starts_and_kept_on_resume(tm
     assert recipe_facts(resumed)["initial_weights"] == recipe_facts(first)["initial_weights"]
     assert recipe_facts(with_initial_weights({**config, "out": str(tmp_path / "new"), "init": ""})
                         )["initial_weights"] is None
+
+
+def test_resume_sweeps_partial_files_of_an_interrupted_save(tmp_path):
+    """A SIGKILL during an atomic save leaves '.last.<random>.keras'; starting or resuming the run removes it, and
+    nothing else."""
+    from crackseg.training import prepare_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = [run / ".last.k3j9x.keras", run / ".state.a1b2.json", run / ".best.zz.keras"]
+    for path in stale:
+        path.write_bytes(b"half")
+    (run / "notes.txt").write_text("mine")
+    (run / ".lastingimpression").write_text("not ours")
+    prepare_run(run, {"preset": "student"})
+    assert not any(p.exists() for p in stale)
+    assert (run / "notes.txt").is_file() and (run / ".lastingimpression").is_file() and (run / "config.json").is_file()
+
+
+def test_balanced_validation_logs_the_card_rule_for_checkpoint_choice():
+    """The in-training validation scores the head by the same rule as the card: per-dataset F1 over the sweep, the
+    threshold with the best mean, and logs it for the callbacks after it."""
+    import keras
+
+    from crackseg.metrics import balanced_threshold, dataset_curves
+    from crackseg.training import BalancedValidation, predict_probabilities
+    from model import HEADS, build_model
+
+    keras.utils.set_random_seed(2)
+    net = build_model("student", None, width=4, blocks=1)
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (24, 40, 3), dtype=np.uint8) for _ in range(3)]
+    images += [rng.integers(0, 256, (32, 20, 3), dtype=np.uint8) for _ in range(2)]
+    masks = [rng.random(im.shape[:2]) < 0.3 for im in images]
+    names = ["a", "a", "a", "b", "b"]
+    validator = BalancedValidation(images, masks, names, "mix")
+    validator.set_model(net)
+    logs: dict = {}
+    validator.on_epoch_end(0, logs)
+    probs = predict_probabilities(net, images, "mix")
+    assert [p.shape for p in probs] == [im.shape[:2] for im in images]
+    one_by_one = [keras.ops.convert_to_numpy(net(prepare_one(im), training=False)["mix"])[0, :im.shape[0], :im.shape[1], 1]
+                  for im in images]
+    for got, want in zip(probs, one_by_one):
+        np.testing.assert_allclose(got, want, atol=1e-5)  # batched by size = one at a time
+    expected = balanced_threshold(dataset_curves(probs, masks, names))
+    assert logs["val_score"] == pytest.approx(expected["mean_f1"])
+    assert logs["val_threshold"] == expected["threshold"]
+    assert logs["val_f1_a"] == pytest.approx(expected["by_dataset"]["a"]["f1"])
+    assert set(HEADS) >= {"mix"}
+
+
+def prepare_one(image):
+    from crackseg.preprocess import prepare
+
+    return prepare(image)[0]

@@ -15,7 +15,7 @@ from crackseg.io import sha256
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ("--width=4", "--blocks=1")
-FAST = ("--epochs=1", "--crop=64", "--batch_size=4", "--profile_size=64")
+FAST = ("--epochs=1", "--crop=64", "--batch_size=4", "--profile_size=64", "--samples_per_epoch=0")
 
 
 def run_script(script: str, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
