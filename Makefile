@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: test demo venv clean
+.PHONY: test demo venv clean weights
 
 venv: $(BIN)/.installed
 
@@ -22,6 +22,11 @@ test: venv
 
 demo: venv
 	$(PY) scripts/demo.py
+
+# The shipped student from recipes/ (soft labels, stages 1-4, resuming; finished stages are skipped), then
+# scripts/ship.py into weights/ (card, ONNX / fast / int8 exports, parity checks). Hours on a CPU.
+weights: venv
+	$(PY) scripts/train_shipped.py
 
 clean:
 	rm -rf demo_out .pytest_cache

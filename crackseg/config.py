@@ -7,6 +7,12 @@ A script defines its tunable constants as lower-case module globals, then calls:
 Every constant of a simple type (int, float, bool, str, None, tuple/list) becomes a flag: ``--epochs=5``,
 ``--epochs 5``, ``--max-frames=10`` (dashes read as underscores), ``--headless`` / ``--no-headless`` for bools.
 Values are checked against the type of the default; unknown flags and bad values exit with one line.
+
+Recipe files (nanoGPT's ``config/*.py``): ``python Train_3_Step.py recipes/student_stage3_bce.py --lr=1e-4`` first
+applies the plain assignments of each ``*.py`` file given before the flags (``lr = 1e-4``), in order, then the
+flags (flags win). A name the script does not have, or a value of the wrong type, is one ``error:`` line naming the
+file and the key. The returned config then has ``recipe``: the list of files applied (so run config.json and model
+cards record it); without a recipe file there is no such key.
 ``--help`` lists every flag with its default and the comment written beside the constant (read from the script's
 source, ``namespace["__file__"]``), including comment lines that continue it, indented, just below.
 """
@@ -17,18 +23,16 @@ import io
 import sys
 import textwrap
 import tokenize
+import types
 from pathlib import Path
 from typing import Any
 
 _SIMPLE = (int, float, bool, str, type(None), tuple, list)
 
 
-class ConfigError(SystemExit):
-    """Raised (as SystemExit with status 2) for an unknown flag or a value of the wrong type."""
-
-    def __init__(self, message: str):
-        super().__init__(f"error: {message}")
-        self.code = 2
+class ConfigError(ValueError):
+    """An unknown flag or recipe key, a value of the wrong type, an unreadable recipe file; the message is one line.
+    ``configure`` (called by the scripts) prints it as ``error: ...`` and exits with status 2."""
 
 
 def tunables(namespace: dict) -> dict[str, Any]:
@@ -88,6 +92,9 @@ def parse_overrides(argv: list[str], defaults: dict[str, Any]) -> dict[str, Any]
         negated = False
         if key not in defaults and key.startswith("no_") and isinstance(defaults.get(key[3:]), bool) and not eq:
             key, negated = key[3:], True
+        if defaults is None:
+            values[key] = value
+            continue
         if key not in defaults:
             raise ConfigError(f"unknown flag --{key}; --help lists the flags")
         default = defaults[key]
@@ -172,19 +179,107 @@ def help_text(defaults: dict[str, Any], doc: str | None, comments: dict[str, str
     return "\n".join(lines).strip()
 
 
-def configure(namespace: dict, doc: str | None = None, argv: list[str] | None = None) -> dict[str, Any]:
-    """Apply command-line overrides to a script's constants in ``namespace``; return the resolved config."""
-    argv = sys.argv[1:] if argv is None else argv
+_TYPE_WORDS = {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+               tuple: "a tuple or list", list: "a tuple or list"}
+
+
+def _check_value(where: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` (from a recipe file) checked against the type of ``default`` as flags are: an int where a float is
+    expected is taken as that float, a list where a tuple is expected as that tuple; None fits a None default only."""
+    if default is None:
+        if not isinstance(value, _SIMPLE) or callable(value):
+            raise ConfigError(f"{where}: {key} must be a number, string, bool, None or tuple, got {value!r}")
+        return value
+    kind = type(default)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, (tuple, list)):
+        ok = isinstance(value, (tuple, list))
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise ConfigError(f"{where}: {key} expects {_TYPE_WORDS.get(kind, kind.__name__)}, got {value!r}")
+    return kind(value) if kind in (float, tuple, list) else value
+
+
+def read_recipe(path: str | Path, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The constants a recipe file sets: its public lower-case module-level names (imports, functions and
+    ``_private`` names are ignored), each a constant of the script (``defaults``) with a value of its type.
+    ``defaults=None``: the values as written, unchecked (to read where a stage writes, without its script)."""
+    path = Path(path)
+    try:
+        source = path.read_text("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: recipe file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read recipe file ({exc})") from None
+    scope: dict[str, Any] = {"__file__": str(path), "__name__": "__recipe__"}
+    try:
+        exec(compile(source, str(path), "exec"), scope)  # noqa: S102  (a recipe is Python the user wrote)
+    except SyntaxError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: not valid Python ({exc.msg})") from None
+    except Exception as exc:  # a recipe that fails to run is a bad recipe, said in one line
+        raise ConfigError(f"{path}: {type(exc).__name__}: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in scope.items():
+        if key.startswith("_") or not key.islower() or isinstance(value, types.ModuleType) or callable(value):
+            continue
+        if defaults is None:
+            values[key] = value
+            continue
+        if key not in defaults:
+            raise ConfigError(f"{path}: unknown key {key!r}; this script's --help lists the constants a recipe "
+                              f"may set")
+        values[key] = _check_value(str(path), key, value, defaults[key])
+    return values
+
+
+def split_recipes(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The leading ``*.py`` recipe files of ``argv`` and the flags after them."""
+    n = 0
+    while n < len(argv) and not argv[n].startswith("-") and argv[n].endswith(".py"):
+        n += 1
+    return list(argv[:n]), list(argv[n:])
+
+
+def resolve(namespace: dict, argv: list[str]) -> tuple[dict[str, Any], list[str], dict, dict]:
+    """``(config, recipe files, recipe values, flag overrides)`` for ``argv`` against the script's constants; raises
+    ConfigError. Recipe files apply in order, then the flags."""
     defaults = tunables(namespace)
+    recipes, flags = split_recipes(argv)
+    from_recipes: dict[str, Any] = {}
+    for recipe in recipes:
+        from_recipes.update(read_recipe(recipe, defaults))
+    overrides = parse_overrides(flags, defaults)
+    config = {**defaults, **from_recipes, **overrides}
+    if recipes:
+        config["recipe"] = recipes
+    return config, recipes, from_recipes, overrides
+
+
+def configure(namespace: dict, doc: str | None = None, argv: list[str] | None = None) -> dict[str, Any]:
+    """Apply recipe files and command-line overrides to a script's constants in ``namespace``; return the resolved
+    config. For the scripts: a ConfigError becomes one ``error:`` line on stderr and exit status 2."""
+    argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
-        print(help_text(defaults, doc, script_comments(namespace)))
+        print(help_text(tunables(namespace), doc, script_comments(namespace)))
         raise SystemExit(0)
     try:
-        overrides = parse_overrides(argv, defaults)
-    except ConfigError as exc:  # SystemExit with an int code prints nothing: say why here
-        print(exc.args[0], file=sys.stderr)
-        raise
+        config, recipes, from_recipes, overrides = resolve(namespace, argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    for recipe in recipes:
+        print(f"recipe: {recipe}")
+    for k, v in from_recipes.items():
+        if k not in overrides:
+            print(f"recipe: {k} = {v!r}")
     for k, v in overrides.items():
         print(f"override: {k} = {v!r}")
+    namespace.update(from_recipes)
     namespace.update(overrides)
-    return {**defaults, **overrides}
+    return config

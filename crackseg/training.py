@@ -19,14 +19,12 @@ from typing import Callable
 import keras
 import numpy as np
 
+from .errors import TrainingError  # noqa: F401  (raised here; defined without dependencies)
 from .io import atomic_path, atomic_write_json, atomic_write_text
+from .keras_io import predict_probabilities  # noqa: F401  (the one Keras predict path)
 from .metrics import balanced_threshold, dataset_curves
-from .preprocess import crop_back, prepare
+from .preprocess import prepare
 from .viz import plot_curves, save_image, side_by_side
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or go on as asked (clashing settings, a missing checkpoint, a bad model file)."""
-
 
 # Temporary files of crackseg.io.atomic_path ('.last.k3j9x.keras') that a kill during a save leaves behind.
 RUN_OUTPUTS = ("last", "best", "state", "config", "log", "curves")
@@ -156,29 +154,6 @@ class RunLogger(keras.callbacks.Callback):
 def _plain(v):
     v = keras.ops.convert_to_numpy(v) if hasattr(v, "numpy") or hasattr(v, "shape") else v
     return float(v) if isinstance(v, (np.floating, np.ndarray, float)) else v
-
-
-def predict_probabilities(model: keras.Model, images: list[np.ndarray], output: str | None = None,
-                          max_pixels: int = 1 << 20, max_batch: int = 16) -> list[np.ndarray]:
-    """Crack probability (H, W) of each RGB uint8 image through ``model`` (its ``output`` head when it returns a
-    dict; the last channel is crack), prepared as for inference. Images of one size go through Keras' compiled
-    predict function together (about 3x faster than eager calls on CPU), ``max_pixels`` per batch; a short last
-    batch is filled with repeats, so each image size is traced once."""
-    probs: list[np.ndarray | None] = [None] * len(images)
-    by_shape: dict[tuple, list[int]] = {}
-    for i, image in enumerate(images):
-        by_shape.setdefault(image.shape, []).append(i)
-    for shape, indices in by_shape.items():
-        batch = int(max(1, min(max_batch, len(indices), max_pixels // (shape[0] * shape[1]))))
-        for start in range(0, len(indices), batch):
-            chunk = indices[start:start + batch]
-            filled = chunk + [chunk[-1]] * (batch - len(chunk))
-            x, size = prepare(np.stack([images[i] for i in filled]))
-            out = model.predict_on_batch(x)
-            out = out[output] if isinstance(out, dict) else out
-            for i, prob in zip(chunk, crop_back(np.asarray(out), size)):
-                probs[i] = prob.astype(np.float32)
-    return probs
 
 
 class BalancedValidation(keras.callbacks.Callback):

@@ -1,0 +1,45 @@
+"""ship.py: put a finished, deployed student into weights/ with its card and its exports, checked.
+
+    python scripts/ship.py --model=runs/shipped/student_stage4_mixed.keras      # the deployable file Train_3 wrote
+    python scripts/ship.py --run=runs/shipped/student_stage4_mixed               # or the run folder (its --deploy)
+    python scripts/ship.py --model=... --weights_dir=/tmp/w --no-cpu_int8        # elsewhere; ONNX + fast only
+
+Refuses, in one line, a run that is not finished (every epoch, or early stopping) or a file without the card
+Train_3 writes beside it. The card of weights/student.keras is written entirely here: the deployed student's card,
+``stages`` (each stage's recipe, run folder, epochs, best score and initial weights' sha256, read from the run
+folders and the cards beside each stage's deployable file) and ``shipped``. The exports (student.onnx,
+student_fast.onnx, student_int8.xml) are TensorRT.py's, each parity-checked against Keras, and are made in a
+staging folder inside --weights_dir: nothing there is replaced unless every check passed.
+"""
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from crackseg.config import configure  # noqa: E402
+
+model = ""                        # the deployable .keras Train_3 wrote (its card beside it); or give --run
+run = ""                          # a Train_3 run folder: ships the deploy file its config.json names
+weights_dir = "weights"           # where the shipped files go
+name = "student"                  # file stem there: student.keras, student.json, student.onnx, ...
+data = "../shared/datasets"       # real images for the parity checks (val split) and int8 calibration (train split)
+lists = "datasets/splits"         # folder with train.txt / val.txt; "none": seeded split
+parity_images = 8
+fast = True                       # also student_fast.onnx (the clean fast-CPU export), checked on OpenVINO
+cpu_int8 = True                   # also student_int8.xml/.bin (full int8 for VNNI / AMX CPUs), checked against Keras
+                                  # and on validation F1 (within 0.5 pt of fp32)
+force = False                     # ship again even when weights/ already holds these bytes with every export
+
+config = configure(globals(), __doc__)
+
+from crackseg.card import CardError  # noqa: E402
+from crackseg.shipping import ShipError, deployed_model, ship  # noqa: E402
+
+if __name__ == "__main__":
+    try:
+        ship(deployed_model(model=model, run=run), weights_dir, name, data=data, lists=lists,
+             parity_images=parity_images, fast=fast, cpu_int8=cpu_int8, force=force)
+    except (ShipError, CardError, OSError) as exc:
+        sys.exit(f"error: {exc}")
