@@ -2,8 +2,8 @@
 
 Soft-label store (written by Train_2_Step, read by Train_3_Step)::
 
-    LABELS/<split>/manifest.json          teachers (path + sha256 each), TTA, dtype, T, split, heads, image ids
-    LABELS/<split>/<sample id>.npz        ``crack``: float32 or float16 (H, W, 4), crack probability of heads h, x, y, mix
+    LABELS/<split>/manifest.json         teachers (path + sha256 each), TTA, dtype, T, split, heads, image ids
+    LABELS/<split>/<sample id>.npz       ``crack``: float32 | float16 (H, W, 4), crack probability of heads h, x, y, mix
 
 Storage dtype (``dtype``): float32 is exactly what the teacher computed; float16 halves the disk (spacing 4.9e-4 in
 [0.5, 1), so rounding error <= 2.4e-4; docs/distillation.md has the measured difference of the KD targets at T = 10

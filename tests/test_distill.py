@@ -299,3 +299,141 @@ def test_model_card_round_trip(tmp_path):
     with pytest.raises(CardError, match="JSON object"):
         read_card(model_file)
     assert json.loads(path.read_text()) == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------------- TTA, ensembles, dtype
+def test_dihedral_transforms_are_eight_distinct_and_undone():
+    a = np.arange(5 * 7 * 2).reshape(5, 7, 2)
+    seen = set()
+    for k in range(8):
+        forward, inverse = distill.dihedral(k)
+        b = forward(a)
+        assert b.shape in ((5, 7, 2), (7, 5, 2))
+        assert np.array_equal(inverse(b), a)
+        seen.add(b.tobytes() + bytes(b.shape))
+    assert len(seen) == 8
+    assert np.array_equal(distill.dihedral(4)[0](a), a[:, ::-1])  # a flip is one of them
+    with pytest.raises(ValueError):
+        distill.dihedral(8)
+
+
+def _position_predictor(offset: float = 0.0):
+    """Logits that depend on the pixel's position (not flip-equivariant) and its value, padded to a multiple of 4."""
+    def predict(batch):
+        batch = np.asarray(batch, np.float64)
+        batch = batch if batch.ndim == 4 else batch[None]
+        n, h, w, _ = batch.shape
+        rows = np.arange(h)[None, :, None] * np.ones((n, 1, w))
+        crack = batch[..., 0] / 255.0 + 0.01 * rows + offset
+        z = np.stack([np.zeros_like(crack), crack], -1)
+        z = np.pad(z, ((0, 0), (0, (-h) % 4), (0, (-w) % 4), (0, 0)), constant_values=99.0)  # padding is cropped
+        return {hd: z * (i + 1) for i, hd in enumerate(HEADS)}
+    return predict
+
+
+def test_tta_averages_each_view_transformed_back():
+    image = np.random.default_rng(8).integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    predict = _position_predictor()
+    plain = distill.averaged_logits(predict, image)
+    assert plain["mix"].shape == (6, 9, 2) and plain["mix"].dtype == np.float32
+    assert np.allclose(plain["h"], predict(image)["h"][0, :6, :9])
+    tta = distill.averaged_logits(predict, image, "d4")
+    expected = np.mean([inv(predict(np.ascontiguousarray(fwd(image)))["x"][0][:fwd(image).shape[0],
+                                                                              :fwd(image).shape[1]])
+                        for fwd, inv in map(distill.dihedral, range(8))], axis=0)
+    assert np.allclose(tta["x"], expected, atol=1e-5)
+    # the pixel value part is equivariant and survives; the position part is averaged over the 8 views
+    assert np.allclose(tta["h"][..., 1] - plain["h"][..., 1], np.mean(
+        [inv((0.01 * np.arange(fwd(image).shape[0]))[:, None] * np.ones(fwd(image).shape[:2]))
+         for fwd, inv in map(distill.dihedral, range(8))], axis=0) - 0.01 * np.arange(6)[:, None], atol=1e-5)
+    with pytest.raises(ValueError):
+        distill.averaged_logits(predict, image, "flips")
+
+
+def test_tta_with_a_real_network_matches_view_by_view(tiny_logits_model):
+    """Batched views (4 of each orientation), padding to 4 and cropping: equal to one view at a time."""
+    predict = _predictor(tiny_logits_model)
+    image = np.random.default_rng(9).integers(0, 256, (30, 42, 3), dtype=np.uint8)
+    tta = distill.averaged_logits(predict, image, "d4")
+    views = []
+    for fwd, inv in map(distill.dihedral, range(8)):
+        view = np.ascontiguousarray(fwd(image))
+        views.append(inv(predict(view)["mix"][0, :view.shape[0], :view.shape[1]]))
+    assert tta["mix"].shape == (30, 42, 2)
+    assert np.abs(tta["mix"] - np.mean(views, axis=0)).max() < 1e-4
+
+
+def test_ensemble_averages_logits_per_head_and_has_an_order_free_identity():
+    image = np.random.default_rng(10).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    a, b = _position_predictor(0.0), _position_predictor(1.0)
+    both = distill.averaged_logits([a, b], image)
+    for i, head in enumerate(HEADS):
+        assert np.allclose(both[head], (a(image)[head][0] + b(image)[head][0]) / 2, atol=1e-5)
+    assert distill.ensemble_sha256(["aa"]) == "aa"
+    assert distill.ensemble_sha256(["aa", "bb"]) == distill.ensemble_sha256(["bb", "aa"]) != "aa"
+    source = distill.label_source([("A.keras", "aa"), ("B.keras", "bb")], "d4")
+    assert source["teacher"] == "A.keras,B.keras" and source["tta"] == "d4"
+    assert source["teachers"] == [{"path": "A.keras", "sha256": "aa"}, {"path": "B.keras", "sha256": "bb"}]
+    assert source["teacher_sha256"] == distill.ensemble_sha256(["aa", "bb"])
+
+
+def test_label_identity_includes_ensemble_tta_and_dtype(tmp_path):
+    samples = [FakeSample(f"{i}.png", Path(f"{i}.png")) for i in range(2)]
+    read = lambda p: np.full((8, 12, 3), 100, np.uint8)  # noqa: E731
+    one = distill.label_source([("A.keras", "aa")])
+    ens = distill.label_source([("A.keras", "aa"), ("B.keras", "bb")], "d4")
+    predictors = [_position_predictor(0.0), _position_predictor(1.0)]
+    labels = tmp_path / "labels"
+    report = write_split(predictors, samples, read, labels, "train", ens["teacher"], ens["teacher_sha256"], 10.0,
+                         progress=False, tta="d4", dtype="float16", teachers=ens["teachers"])
+    assert report["written"] == 2
+    manifest = read_manifest(labels / "train")
+    assert manifest["teachers"] == ens["teachers"] and manifest["tta"] == "d4" and manifest["dtype"] == "float16"
+    assert np.load(label_path(labels / "train", "0.png"))["crack"].dtype == np.float16
+    again = write_split(predictors, samples, read, labels, "train", ens["teacher"], ens["teacher_sha256"], 10.0,
+                        progress=False, tta="d4", dtype="float16", teachers=ens["teachers"])
+    assert (again["written"], again["skipped"]) == (0, 2)  # same identity: resume
+    for change in ({"tta": "none"}, {"dtype": "float32"}, {"sha": one["teacher_sha256"]}):
+        kwargs = {"tta": change.get("tta", "d4"), "dtype": change.get("dtype", "float16")}
+        with pytest.raises(LabelError, match="--rebuild") as err:
+            write_split(predictors, samples, read, labels, "train", "x", change.get("sha", ens["teacher_sha256"]),
+                        10.0, progress=False, **kwargs)
+        assert "\n" not in str(err.value) and "with TTA d4" in str(err.value)
+    rebuilt = write_split(predictors[0], samples, read, labels, "train", one["teacher"], one["teacher_sha256"], 10.0,
+                          rebuild=True, progress=False)
+    assert rebuilt["written"] == 2 and read_manifest(labels / "train")["tta"] == "none"
+    loaded, _ = load_split_labels(labels, "train", samples, 10.0, teacher_sha256="aa")
+    assert loaded[0].dtype == np.float32
+
+
+def test_manifest_without_tta_or_dtype_reads_as_float32_without_tta(tmp_path):
+    """Label stores written before TTA / float16 existed resume with the default settings."""
+    samples = [FakeSample("0.png", Path("0.png"))]
+    read = lambda p: np.zeros((4, 4, 3), np.uint8)  # noqa: E731
+    predict = _position_predictor()
+    write_split(predict, samples, read, tmp_path, "train", "t.keras", "sha", 10.0, progress=False)
+    manifest = json.loads((tmp_path / "train" / "manifest.json").read_text())
+    for key in ("tta", "dtype", "teachers"):
+        manifest.pop(key)
+    (tmp_path / "train" / "manifest.json").write_text(json.dumps(manifest))
+    report = write_split(predict, samples, read, tmp_path, "train", "t.keras", "sha", 10.0, progress=False)
+    assert report["skipped"] == 1
+    with pytest.raises(LabelError, match="float32, not by .* float16"):
+        write_split(predict, samples, read, tmp_path, "train", "t.keras", "sha", 10.0, progress=False,
+                    dtype="float16")
+
+
+def test_float16_store_halves_the_bytes_within_its_rounding(tmp_path):
+    rng = np.random.default_rng(11)
+    crack = soften(rng.normal(0, 20, (64, 80, 4, 2)), 10.0)[..., 1]  # T = 10 probabilities, as Train_2 writes them
+    write_soft_label(tmp_path / "a32.npz", crack)
+    write_soft_label(tmp_path / "a16.npz", crack, "float16")
+    back = read_soft_label(tmp_path / "a16.npz")
+    assert back.dtype == np.float32 and np.abs(back - crack).max() <= 2.5e-4
+    assert (tmp_path / "a16.npz").stat().st_size < 0.6 * (tmp_path / "a32.npz").stat().st_size
+    with pytest.raises(ValueError):
+        write_soft_label(tmp_path / "b.npz", crack, "float64")
+    with open(tmp_path / "c.npz", "wb") as f:
+        np.savez_compressed(f, crack=crack.astype(np.float64))
+    with pytest.raises(LabelError, match="float32 or float16"):
+        read_soft_label(tmp_path / "c.npz")

@@ -1,0 +1,251 @@
+"""scripts/kd_ablation.py: the paired interval on hand-computed numbers, and on tiny synthetic data the ablation
+(two arms x two seeds with a stand-in for Train_3: resume after a kill, refusal of another recipe) and the strategies
+table with one real Train_3 run, on soft labels from an ensemble of two tiny teachers with TTA written by
+Train_2_Step."""
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import kd_ablation  # noqa: E402
+
+TINY = ("--width=4", "--blocks=1", "--epochs=1", "--crop=64", "--batch_size=4", "--profile_size=64",
+        "--samples_per_epoch=0")
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def test_paired_interval_on_hand_computed_numbers():
+    kd = {0: 0.80, 1: 0.82, 2: 0.81, 7: 0.99}  # seed 7 has no no-KD partner: left out
+    nokd = {0: 0.78, 1: 0.79, 2: 0.80}
+    g = kd_ablation.paired_interval(kd, nokd)
+    # d = 0.02, 0.03, 0.01: mean 0.02, sd 0.01, t(0.975, 2) = 4.302653, half = 4.302653 * 0.01 / sqrt(3)
+    assert g["n"] == 3 and g["seeds"] == [0, 1, 2] and g["differences"] == pytest.approx([0.02, 0.03, 0.01])
+    assert g["mean"] == pytest.approx(0.02)
+    assert g["low"] == pytest.approx(0.02 - 0.0248414, abs=1e-6)
+    assert g["high"] == pytest.approx(0.02 + 0.0248414, abs=1e-6)
+    two = kd_ablation.paired_interval({0: 0.5, 1: 0.7}, {0: 0.4, 1: 0.4})  # d = 0.1, 0.3: sd 0.1414, t = 12.7062
+    assert two["mean"] == pytest.approx(0.2) and two["high"] - two["mean"] == pytest.approx(12.7062047 * 0.1, 1e-5)
+    one = kd_ablation.paired_interval({0: 0.5}, {0: 0.4})
+    assert one["mean"] == pytest.approx(0.1) and one["low"] is None and one["high"] is None
+    assert kd_ablation.paired_interval({}, {0: 0.4})["mean"] is None
+
+
+def test_strategy_temperatures_and_arguments():
+    assert kd_ablation.strategy_temperatures("standard", 5) == (0.0, 5, 1.0)
+    assert kd_ablation.strategy_temperatures("hyperthermal", 15) == (15, 15, 15)
+    assert kd_ablation.strategy_temperatures("non-isothermal", 5) == (0.0, 5, 5)
+    assert kd_ablation.strategy_temperatures("none", 10) == (0.0, 1.0, 1.0)
+    own, passthrough = kd_ablation.parse_args(["--seeds=3,4", "--epochs=2", "--lists=none", "--no-teacher_eval"])
+    assert own["seeds"] == "3,4" and own["teacher_eval"] == "false"
+    assert passthrough[0] == "--epochs=2" and "--lists=none" in passthrough
+    assert "--data=../shared/datasets" in passthrough
+    for bad in ("--deploy=y", "--t1=5"):  # set per run by the script
+        with pytest.raises(SystemExit, match="set by kd_ablation.py"):
+            kd_ablation.parse_args([bad])
+    with pytest.raises(SystemExit, match="distinct"):
+        kd_ablation.int_list("0,0", "seeds")
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, synthetic_data):
+    """Split lists for the synthetic data, two tiny untrained teachers and their TTA ensemble soft labels."""
+    import model
+    from crackseg.data import find_samples, write_list
+
+    root = tmp_path_factory.mktemp("ablation")
+    samples = sorted(find_samples(str(synthetic_data)), key=lambda s: s.id)
+    lists = root / "lists"
+    lists.mkdir()
+    write_list(lists / "train.txt", samples[:4])  # few: Train_2 with two teachers x 8 views per image
+    write_list(lists / "val.txt", samples[8:10])
+    write_list(lists / "test.txt", samples[10:])
+    teachers = []
+    for i in range(2):
+        path = root / f"teacher{i}.keras"
+        model.build_model("student", None, width=4, blocks=1).save(path)
+        teachers.append(path)
+    deployed = root / "deployed.keras"  # an untrained deployable student, for the stand-in of Train_3
+    model.deploy_model(model.build_model("student", None, width=4, blocks=1)).save(deployed)
+    return {"root": root, "data": str(synthetic_data), "lists": lists, "teachers": teachers,
+            "labels": root / "labels", "deployed": deployed}
+
+
+def in_process(monkeypatch, capsys, script: str, *args: str) -> str:
+    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
+    monkeypatch.chdir(REPO)
+    runpy.run_path(str(REPO / script), run_name="__main__")
+    return capsys.readouterr().out
+
+
+@pytest.fixture()
+def train3_in_process(monkeypatch):
+    """Train_3 runs in this process (TensorFlow already imported: seconds instead of a new interpreter each)."""
+    calls = []
+
+    def run(command):
+        calls.append(command)
+        monkeypatch.setattr(sys, "argv", list(command))
+        try:
+            runpy.run_path(str(REPO / command[0]), run_name="__main__")
+        except SystemExit as exc:
+            return 1 if exc.code else 0
+        return 0
+
+    monkeypatch.setattr(kd_ablation, "run_train3", run)
+    return calls
+
+
+@pytest.fixture()
+def fake_train3(monkeypatch, tiny_setup):
+    """A stand-in for Train_3 that deploys the untrained tiny student with a card (threshold by arm and seed, so the
+    arms score differently): the ablation's bookkeeping without minutes of training per run. ``kill`` names a run
+    folder whose next training is interrupted before it deploys (as a kill would)."""
+    import shutil
+
+    from crackseg.card import write_card
+
+    calls, kill = [], set()
+
+    def run(command):
+        flags = dict(a[2:].split("=", 1) for a in command[1:] if a.startswith("--") and "=" in a)
+        deploy = Path(flags["deploy"])
+        calls.append(command)
+        if deploy.parent.name in kill:
+            kill.discard(deploy.parent.name)
+            raise KeyboardInterrupt
+        shutil.copyfile(tiny_setup["deployed"], deploy)
+        offset = 0.05 if flags["strategy"] != "none" else 0.0
+        write_card(deploy, {"model": deploy.name, "threshold": 0.3 + 0.1 * int(flags["seed"]) + offset,
+                            "strategy": flags["strategy"]})
+        return 0
+
+    monkeypatch.setattr(kd_ablation, "run_train3", run)
+    return calls, kill
+
+
+@pytest.fixture()
+def evaluations(monkeypatch):
+    from crackseg import evaluation
+
+    calls = []
+    real = evaluation.evaluate_model
+
+    def counted(model, pairs, *args, **kwargs):
+        calls.append((Path(model).parent.name, len(pairs)))
+        return real(model, pairs, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_model", counted)
+    return calls
+
+
+def test_train2_writes_ensemble_tta_labels(tiny_setup, monkeypatch, capsys):
+    from crackseg.distill import ensemble_sha256, read_manifest
+    from crackseg.io import sha256
+
+    s = tiny_setup
+    teachers = ",".join(map(str, s["teachers"]))
+    out = in_process(monkeypatch, capsys, "Train_2_Step.py", f"--teacher={teachers}", "--tta", f"--data={s['data']}",
+                     f"--lists={s['lists']}", "--splits=train", f"--out={s['labels']}")
+    assert "train: 4 written" in out
+    manifest = read_manifest(s["labels"] / "train")
+    shas = [sha256(p) for p in s["teachers"]]
+    assert manifest["teacher_sha256"] == ensemble_sha256(shas) and manifest["tta"] == "d4"
+    assert [t["sha256"] for t in manifest["teachers"]] == shas and manifest["dtype"] == "float16"
+    assert manifest["teachers"][1]["path"] == str(s["teachers"][1])
+    with pytest.raises(SystemExit) as refused:  # the same teachers without TTA: other labels
+        in_process(monkeypatch, capsys, "Train_2_Step.py", f"--teacher={teachers}", f"--data={s['data']}",
+                   f"--lists={s['lists']}", "--splits=train", f"--out={s['labels']}")
+    assert "--rebuild" in str(refused.value.code) and "TTA d4" in str(refused.value.code)
+
+
+def test_ablation_two_seeds_resumes_after_a_kill_and_refuses_another_recipe(tiny_setup, monkeypatch, capsys,
+                                                                            fake_train3, evaluations):
+    from crackseg.distill import ensemble_sha256
+    from crackseg.io import sha256
+
+    s = tiny_setup
+    if not (s["labels"] / "train" / "manifest.json").is_file():
+        pytest.skip("needs test_train2_writes_ensemble_tta_labels first")
+    calls, kill = fake_train3
+    out, results = s["root"] / "runs", s["root"] / "results" / "kd_ablation.json"
+    args = ["--seeds=0,1", f"--data={s['data']}", f"--lists={s['lists']}", f"--labels={s['labels']}",
+            f"--out={out}", f"--results={results}", *TINY]
+    monkeypatch.chdir(REPO)
+    kill.add("nokd_seed1")  # killed while training the last run
+    with pytest.raises(KeyboardInterrupt):
+        kd_ablation.main(args)
+    partial = json.loads(results.read_text())  # what was finished is there
+    assert [len(partial["arms"][a]["runs"]) for a in ("kd", "nokd")] == [2, 1]
+    assert partial["gain"]["val_strict_f1"]["n"] == 1 and partial["gain"]["val_strict_f1"]["low"] is None
+    capsys.readouterr()
+    calls.clear()
+    evaluations.clear()
+    kd_ablation.main(args)  # the same command again: only the killed run trains, only its scores are computed
+    printed = capsys.readouterr().out
+    assert [c[1:3] for c in calls] == [["--strategy=none", "--seed=1"]]
+    assert sorted(evaluations) == [("nokd_seed1", 2), ("nokd_seed1", 2)]
+    assert "gain KD - no-KD (paired by seed, 95 % t-interval)" in printed and "ship: " in printed
+    assert "kd_seed0: finished, not trained again" in printed
+    first = calls[0]
+    assert "--epochs=1" in first and "--width=4" in first and f"--lists={s['lists']}" in first  # passed through
+
+    r = json.loads(results.read_text())
+    assert set(r) >= {"recipe", "teacher", "arms", "gain", "ship"} and "--epochs=1" in r["recipe"]
+    shas = [sha256(p) for p in s["teachers"]]
+    assert r["teacher"]["sha256"] == ensemble_sha256(shas) and r["teacher"]["tta"] == "d4"
+    assert [t["sha256"] for t in r["teacher"]["teachers"]] == shas
+    assert r["teacher"]["val_strict_f1"] is None and r["teacher"]["teachers"][0]["val"]["images"] == 2
+    for arm in ("kd", "nokd"):
+        runs = r["arms"][arm]["runs"]
+        assert [x["seed"] for x in runs] == [0, 1]
+        for x in runs:
+            assert x["val"]["images"] == 2 and x["test"]["images"] == 2
+            assert 0 <= x["val"]["strict_f1"] <= 1 and 0 <= x["test"]["tolerant_f1"] <= 1
+            assert sha256(x["model"]) == x["sha256"] and x["strategy"] == ("standard" if arm == "kd" else "none")
+    g = r["gain"]
+    assert "scipy.stats.t" in g["method"] and "paired by seed" in g["method"]
+    for split in ("val", "test"):
+        kd = [x[split]["strict_f1"] for x in r["arms"]["kd"]["runs"]]
+        nokd = [x[split]["strict_f1"] for x in r["arms"]["nokd"]["runs"]]
+        gs = g[f"{split}_strict_f1"]
+        assert gs["n"] == 2 and gs["mean"] == pytest.approx(np.mean(np.subtract(kd, nokd)))
+        assert gs["low"] <= gs["mean"] <= gs["high"]
+    assert r["ship"]["arm"] == ("kd" if g["val_strict_f1"]["low"] > 0 else "nokd")
+    assert r["ship"]["gain_val_strict_f1"] == g["val_strict_f1"]
+    assert "--seed=1" in json.loads((out / "nokd_seed1" / "command.json").read_text())["train3"]
+
+    with pytest.raises(SystemExit, match="another --out"):  # another recipe into the same folders
+        kd_ablation.main([a if a != "--epochs=1" else "--epochs=2" for a in args])
+
+
+def test_strategies_table_with_the_real_train3(tiny_setup, monkeypatch, capsys, train3_in_process):
+    """One real Train_3 run (hyperthermal at T = 10 on the ensemble + TTA labels); the table's other rows are the
+    same code path (the ablation test covers several runs with a stand-in)."""
+    s = tiny_setup
+    if not (s["labels"] / "train" / "manifest.json").is_file():
+        pytest.skip("needs test_train2_writes_ensemble_tta_labels first")
+    results = s["root"] / "results" / "kd_strategies.json"
+    monkeypatch.chdir(REPO)
+    kd_ablation.main(["--strategies=hyperthermal", "--temperatures=10", f"--data={s['data']}",
+                      f"--lists={s['lists']}", f"--labels={s['labels']}", f"--out={s['root'] / 'strategies'}",
+                      f"--results={results}", "--no-teacher_eval", *TINY])
+    printed = capsys.readouterr().out
+    assert "hyperthermal T=10" in printed and "best by validation strict F1: hyperthermal T=10" in printed
+    assert len(train3_in_process) == 1 and "--t0=10" in train3_in_process[0] and "--t2=10" in train3_in_process[0]
+    r = json.loads(results.read_text())
+    assert [(x["strategy"], x["t0"], x["t1"], x["t2"]) for x in r["runs"]] == [("hyperthermal", 10.0, 10.0, 10.0)]
+    assert r["runs"][0]["val"]["images"] == 2 and r["runs"][0]["test"]["images"] == 2
+    assert r["best_by_val"] == {"strategy": "hyperthermal", "temperature": 10.0}
+    card = json.loads((s["root"] / "strategies" / "hyperthermal_T10_seed0" / "student.json").read_text())
+    assert (card["t0"], card["t1"], card["t2"]) == (10.0, 10.0, 10.0) and card["strategy"] == "hyperthermal"
+    assert card["teacher"]["tta"] == "d4" and len(card["teacher"]["teachers"]) == 2
+    assert card["teacher"]["label_dtype"] == "float16"
