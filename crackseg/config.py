@@ -185,7 +185,8 @@ _TYPE_WORDS = {bool: "true/false", int: "an integer", float: "a number", str: "a
 
 def _check_value(where: str, key: str, value: Any, default: Any) -> Any:
     """``value`` (from a recipe file) checked against the type of ``default`` as flags are: an int where a float is
-    expected is taken as that float, a list where a tuple is expected as that tuple; None fits a None default only."""
+    expected is taken as that float, a list where a tuple is expected as that tuple; a None default (no type to
+    check against) takes any simple value."""
     if default is None:
         if not isinstance(value, _SIMPLE) or callable(value):
             raise ConfigError(f"{where}: {key} must be a number, string, bool, None or tuple, got {value!r}")

@@ -43,8 +43,12 @@ def _read_json(path: Path, what: str) -> dict:
         raise ShipError(f"{path}: unreadable ({exc})") from None
 
 
-def run_status(run: str | Path) -> tuple[dict, dict]:
-    """``(config, state)`` of a finished run folder; ShipError when it is not one or not finished."""
+def run_status(run: str | Path, card: dict | None = None) -> tuple[dict, dict]:
+    """``(config, state)`` of a finished run folder; ShipError when it is not one or not finished.
+
+    Finished: every epoch done, or early stopping ended it, or (with ``card``, the card Train_3 wrote beside the
+    deploy file after the run returned) its ``--max_minutes`` limit did and nothing was trained after that deploy.
+    An interrupted run (killed, or going on) is not finished."""
     run = Path(run)
     if not run.is_dir():
         raise ShipError(f"{run}: run folder not found")
@@ -53,7 +57,11 @@ def run_status(run: str | Path) -> tuple[dict, dict]:
     epochs, done = int(config.get("epochs", 0)), int(state.get("epoch", 0))
     callbacks = state.get("callbacks") or []
     stopped = len(callbacks) > 1 and bool((callbacks[1] or {}).get("stopped_epoch"))
-    if done < epochs and not stopped:
+    deployed_here = card is not None and card.get("epochs") == done
+    if card is not None and "epochs" in card and card["epochs"] != done:
+        raise ShipError(f"{run}: trained to epoch {done} after this file was deployed (epoch {card['epochs']}); "
+                        f"let the run finish (its Train_3 command resumes and deploys again), then ship")
+    if done < epochs and not stopped and not (deployed_here and float(config.get("max_minutes") or 0) > 0):
         raise ShipError(f"{run}: not finished ({done} of {epochs} epochs); run its Train_3 command again (it "
                         f"resumes), then ship")
     return config, state
@@ -65,7 +73,9 @@ def deployed_model(model: str | Path = "", run: str | Path = "") -> Path:
     if bool(model) == bool(run):
         raise ShipError("give one of --model=DEPLOY.keras or --run=RUN_FOLDER")
     if run:
-        config, _ = run_status(run)
+        config = _read_json(Path(run) / "config.json", "not a Train_3 run folder") if Path(run).is_dir() else {}
+        if not Path(run).is_dir():
+            raise ShipError(f"{run}: run folder not found")
         if not config.get("deploy"):
             raise ShipError(f"{run}: its config.json names no deploy file (not a Train_3 run)")
         model = config["deploy"]
@@ -81,7 +91,10 @@ def deployed_model(model: str | Path = "", run: str | Path = "") -> Path:
         raise ShipError(f"not deployed by Train_3: {exc}") from None
     if not card.get("run"):
         raise ShipError(f"{card_path(model)}: names no run folder; ship a file Train_3 deployed")
-    config, _ = run_status(card["run"])
+    config, state = run_status(card["run"], card)
+    if int(state.get("epoch", 0)) < int(config.get("epochs", 0)):
+        print(f"{card['run']}: ended by its limits after {state['epoch']} of {config['epochs']} epochs "
+              f"(early stopping or --max_minutes={config.get('max_minutes')}); shipping its deploy file")
     deploy = Path(config.get("deploy") or "")
     if not deploy.is_file() or not os.path.samefile(deploy, model):
         # e.g. a copy of the deploy file: fine when it is the same bytes as what the run deployed
@@ -90,33 +103,58 @@ def deployed_model(model: str | Path = "", run: str | Path = "") -> Path:
     return model
 
 
-def _stage(model: Path, card: dict) -> dict:
-    run = Path(card["run"])
-    config, state = run_status(run)
+def _stage(model: Path, card: dict, required: bool = True) -> dict:
+    """One stage's facts from its card and run folder. An earlier stage (``required=False``) whose run folder is
+    gone or unfinished is described by its card alone (``run_folder`` says why)."""
+    run = Path(card.get("run") or "")
+    note = None
+    try:
+        config, state = run_status(run, card)
+    except ShipError as exc:
+        if required:
+            raise
+        config, note = {}, str(exc)
+        state = {"epoch": card.get("epochs"), "best": card.get("best_val_score", card.get("best_val_real_f1"))}
     start = card.get("initial_weights") or {}
     validation = card.get("validation") or {}
-    return {
-        "model": str(model), "sha256": card.get("sha256"), "recipe": config.get("recipe"), "run": str(run),
-        "epochs": state.get("epoch"), "best_score": state.get("best"), "monitor": state.get("monitor"),
-        "initial_weights_sha256": start.get("sha256"),
-        **{k: config.get(k) for k in ("strategy", "alpha", "loss", "optimizer", "lr", "lists", "sampling",
-                                     "samples_per_epoch", "augment")},
+    facts = {
+        "model": str(model), "sha256": card.get("sha256"), "recipe": config.get("recipe", card.get("recipe")),
+        "run": str(run), "epochs": state.get("epoch"), "best_score": state.get("best"),
+        "monitor": state.get("monitor"), "initial_weights_sha256": start.get("sha256"),
+        **{k: config.get(k, card.get(k)) for k in ("strategy", "alpha", "loss", "optimizer", "lr", "lists",
+                                                    "sampling", "samples_per_epoch", "augment")},
         "teacher_sha256": (card.get("teacher") or {}).get("sha256"),
         "threshold": card.get("threshold"),
         "validation_strict_f1": (validation.get("strict") or {}).get("f1"),
     }
+    if note:
+        facts["run_folder"] = f"{note} (facts from the card)"
+    return facts
+
+
+def _recorded_only(start: dict) -> list[dict]:
+    """Stages known only from what a later card recorded about its initial weights (the file or its card is gone,
+    or the file changed since): those facts, following any ``initial_weights`` nested in them; newest first."""
+    out: list[dict] = []
+    while isinstance(start, dict) and start.get("path") and len(out) < MAX_STAGES:
+        facts = {k: v for k, v in start.items() if k not in ("path", "initial_weights")}
+        out.append({"model": start["path"], **facts, "card": None,
+                    "note": "known only from the card of the stage after it (its file or card is not as used)"})
+        start = start.get("initial_weights")
+    return out
 
 
 def stage_history(model: str | Path) -> list[dict]:
     """Every stage that made ``model``, oldest first: its recipe file(s), run folder, epochs, best validation score,
     the sha256 of the weights it started from, and the card's threshold and validation F1. Followed through each
-    card's ``initial_weights`` to the card beside that file, while that file is still the same bytes (a stage whose
-    start file is gone or was overwritten ends the chain with ``{"model": path, "sha256": ..., "card": None}``)."""
+    card's ``initial_weights`` to the card beside that file while that file is still the same bytes. A stage whose
+    start file is gone or was overwritten ends the chain with what the later card recorded about it (``"card":
+    None``; nested ``initial_weights`` followed); an earlier stage whose run folder is gone is told by its card."""
     stages: list[dict] = []
     path = Path(model)
     card = read_card(path)
     while True:
-        stages.append(_stage(path, card))
+        stages.append(_stage(path, card, required=not stages))
         start = card.get("initial_weights") or {}
         if not start.get("path"):
             break
@@ -127,9 +165,8 @@ def stage_history(model: str | Path) -> list[dict]:
             card = read_card(path, verify=True) if path.is_file() else None
         except CardError:
             card = None
-        if card is None or card.get("sha256") != start.get("sha256") or not card.get("run"):
-            stages.append({"model": str(path), "sha256": start.get("sha256"), "card": None,
-                           "note": "the initial weights' file or card is no longer there as it was used"})
+        if card is None or card.get("sha256") != start.get("sha256"):
+            stages += _recorded_only(start)
             break
     return stages[::-1]
 

@@ -4,7 +4,10 @@ of 1000 tiles, no teacher, BCE + Dice with crack weight 3.
 
     python Train_3_Step.py recipes/student_stage4_mixed.py
 
-Its deployable file is what scripts/ship.py copies to weights/student.keras.
+Its deployable file is what scripts/ship.py copies to weights/student.keras. As run (recipes/NOTES_FROM_LEAD.txt):
+the "aug" arm (runs/mix_aug, from weights/student.keras as shipped before = stage 3's bytes), 40 epochs under a
+50-minute limit; the run ends at that limit (resumable: the same command goes on), so the epochs it reaches depend
+on the machine. For a machine-independent run set max_minutes = 0 and epochs to the shipped card's "epochs".
 """
 # data
 data = "../shared/datasets"
@@ -33,3 +36,4 @@ pos_weight = 3.0
 threshold = 0.5
 lr_patience = 2
 stop_patience = 15
+max_minutes = 50.0                    # as run: stops after the epoch that passes 50 minutes

@@ -4,12 +4,13 @@
     python scripts/ship.py --run=runs/shipped/student_stage4_mixed               # or the run folder (its --deploy)
     python scripts/ship.py --model=... --weights_dir=/tmp/w --no-cpu_int8        # elsewhere; ONNX + fast only
 
-Refuses, in one line, a run that is not finished (every epoch, or early stopping) or a file without the card
-Train_3 writes beside it. The card of weights/student.keras is written entirely here: the deployed student's card,
-``stages`` (each stage's recipe, run folder, epochs, best score and initial weights' sha256, read from the run
-folders and the cards beside each stage's deployable file) and ``shipped``. The exports (student.onnx,
-student_fast.onnx, student_int8.xml) are TensorRT.py's, each parity-checked against Keras, and are made in a
-staging folder inside --weights_dir: nothing there is replaced unless every check passed.
+Refuses, in one line, a run that is not finished (every epoch, early stopping, or its --max_minutes limit with
+nothing trained after the deploy) or a file without the card Train_3 writes beside it. The card of
+weights/student.keras is written entirely here: the deployed student's card, ``stages`` (each stage's recipe, run
+folder, epochs, best score and initial weights' sha256, read from the run folders and the cards beside each
+stage's deployable file) and ``shipped``. The exports (student.onnx, student_fast.onnx, student_int8.xml) are
+TensorRT.py's, each parity-checked against Keras, and are made in a staging folder inside --weights_dir: nothing
+there is replaced unless every check passed.
 """
 import os
 import sys

@@ -29,21 +29,24 @@ def tiny_net():
     return mcff.deploy_model(mcff.build_model("student", None, width=4, blocks=1))
 
 
-def make_stage(root: Path, name: str, net, init: Path | None = None, done: int = 2, epochs: int = 2) -> Path:
+def make_stage(root: Path, name: str, net, init: Path | None = None, done: int = 2, epochs: int = 2,
+               max_minutes: float = 0.0, card_epochs: int | None = None) -> Path:
     """A run folder and deploy file + card as Train_3 leaves them (config.json, state.json, <name>.keras, .json)."""
     run = root / name
     run.mkdir(parents=True)
     deploy = root / f"{name}.keras"
     net.save(deploy)
     config = {"epochs": epochs, "deploy": str(deploy), "recipe": [f"recipes/{name}.py"], "strategy": "none",
-              "alpha": 0.0, "loss": "bce_dice", "optimizer": "adam", "lr": 1e-4, "lists": "none", "init": str(init or "")}
+              "alpha": 0.0, "loss": "bce_dice", "optimizer": "adam", "lr": 1e-4, "lists": "none", "init": str(init or ""),
+              "max_minutes": max_minutes}
     (run / "config.json").write_text(json.dumps(config))
     state = {"epoch": done, "best": 0.25 + done / 100, "monitor": "val_score", "history": [],
              "callbacks": [{}, {"stopped_epoch": 0}]}
     (run / "state.json").write_text(json.dumps(state))
     start = {"path": str(init), "sha256": sha256(init)} if init else None
     write_card(deploy, {"kind": "MCFF-L student, mix head only", "threshold": 0.4, "run": str(run),
-                        "initial_weights": start, "validation": {"strict": {"f1": 0.3}}})
+                        "epochs": done if card_epochs is None else card_epochs, "initial_weights": start,
+                        "validation": {"strict": {"f1": 0.3}}})
     return deploy
 
 
@@ -83,9 +86,11 @@ def test_a_stage_whose_start_file_changed_ends_the_chain(chain):
     ("changed", "sha256 does not match"),
     ("no_state", "state.json: missing"),
     ("not_keras", "ship the deployable .keras file"),
+    ("went_on", "trained to epoch 2 after this file was deployed (epoch 1)"),
 ])
 def test_refuses_in_one_line_and_leaves_the_weights_alone(tmp_path, tiny_net, case, words):
-    deploy = make_stage(tmp_path, "stage", tiny_net, done=1 if case == "unfinished" else 2)
+    deploy = make_stage(tmp_path, "stage", tiny_net, done=1 if case == "unfinished" else 2,
+                        card_epochs=1 if case == "went_on" else None)
     if case == "no_card":
         (tmp_path / "stage.json").unlink()
     elif case == "changed":
@@ -103,6 +108,17 @@ def test_refuses_in_one_line_and_leaves_the_weights_alone(tmp_path, tiny_net, ca
     assert err.startswith("error:") and words in err and len(err.splitlines()) == 1, err
     assert sorted(p.name for p in weights.iterdir()) == ["student.keras"]
     assert (weights / "student.keras").read_bytes() == b"old"
+
+
+def test_a_run_ended_by_its_time_limit_ships(tmp_path, tiny_net, capsys):
+    from crackseg.shipping import ShipError, deployed_model
+
+    timed = make_stage(tmp_path, "timed", tiny_net, done=3, epochs=40, max_minutes=50.0)
+    assert deployed_model(model=timed) == timed
+    assert "ended by its limits after 3 of 40 epochs" in capsys.readouterr().out
+    killed = make_stage(tmp_path, "killed", tiny_net, done=3, epochs=40)  # no time limit: interrupted
+    with pytest.raises(ShipError, match="not finished"):
+        deployed_model(model=killed)
 
 
 def test_run_folder_ships_its_deploy_file(chain):
@@ -222,3 +238,24 @@ def test_train_shipped_end_to_end_on_synthetic_data(tmp_path, synthetic_data):
     again = run_script(*args, timeout=300)
     assert again.returncode == 0
     assert again.stdout.count("skipped") == 3 and "nothing to do" in again.stdout
+
+
+def test_history_reaches_stages_known_only_from_cards(tmp_path, tiny_net):
+    """Today's lineage: stage 4 starts from a file whose card names a run folder that is gone and records the two
+    stages before it nested in its initial_weights (as weights/student.json was hand-written)."""
+    from crackseg.shipping import stage_history
+
+    old = tmp_path / "old.keras"
+    tiny_net.save(old)
+    nested = {"path": "runs/deploy/kd10_gt20.keras", "sha256": "16d8", "alpha": 0.0, "epochs": 20,
+              "initial_weights": {"path": "runs/deploy/kd_a05_10.keras", "sha256": "7872", "alpha": 0.5, "epochs": 10}}
+    write_card(old, {"run": "runs/kd_bce", "epochs": 6, "best_val_real_f1": 0.767, "threshold": 0.85,
+                     "initial_weights": nested, "loss": "bce_dice"})
+    new = make_stage(tmp_path, "stage4", tiny_net, init=old)
+    stages = stage_history(new)
+    assert [s["model"] for s in stages] == ["runs/deploy/kd_a05_10.keras", "runs/deploy/kd10_gt20.keras", str(old),
+                                            str(new)]
+    assert [s.get("epochs") for s in stages] == [10, 20, 6, 2]
+    assert stages[0]["card"] is None and stages[1]["sha256"] == "16d8"
+    assert "run folder not found" in stages[2]["run_folder"] and stages[2]["best_score"] == 0.767
+    assert stages[2]["loss"] == "bce_dice" and stages[3]["initial_weights_sha256"] == sha256(old)
