@@ -161,10 +161,7 @@ def test_train2_writes_ensemble_tta_labels(tiny_setup, monkeypatch, capsys):
     assert manifest["teacher_sha256"] == ensemble_sha256(shas) and manifest["tta"] == "d4"
     assert [t["sha256"] for t in manifest["teachers"]] == shas and manifest["dtype"] == "float16"
     assert manifest["teachers"][1]["path"] == str(s["teachers"][1])
-    with pytest.raises(SystemExit) as refused:  # the same teachers without TTA: other labels
-        in_process(monkeypatch, capsys, "Train_2_Step.py", f"--teacher={teachers}", f"--data={s['data']}",
-                   f"--lists={s['lists']}", "--splits=train", f"--out={s['labels']}")
-    assert "--rebuild" in str(refused.value.code) and "TTA d4" in str(refused.value.code)
+    # (refusal of the same teachers without TTA: test_distill.py::test_label_identity_includes_ensemble_tta_and_dtype)
 
 
 def test_ablation_two_seeds_resumes_after_a_kill_and_refuses_another_recipe(tiny_setup, monkeypatch, capsys,
