@@ -168,6 +168,7 @@ def export_cpu_int8(reference, images, fast_onnx: Path) -> None:
         print(parity.format_parity(result))
         fp32 = OpenVinoEngine(str(fast_onnx), reference.threshold, precision="fp32", cache_dir="")
         f1_fp32, f1_int8 = validation_f1(fp32, pairs), validation_f1(candidate, pairs)
+        int8_runs = f"OpenVINO int8, the unquantised ops in {candidate.rest_precision}"
         candidate.close()
         fp32.close()
         delta = f1_int8 - f1_fp32
@@ -190,7 +191,7 @@ def export_cpu_int8(reference, images, fast_onnx: Path) -> None:
     validation = {"split": "val", "images": len(pairs), "per_dataset": int8_val_per_dataset, "full_size": True,
                   "data": data, "lists": lists,
                   "threshold": reference.threshold, "fp32_f1": f1_fp32, "int8_f1": f1_int8, "f1_delta": delta,
-                  "fp32": "OpenVINO fp32 on " + fast_onnx.name}
+                  "fp32": "OpenVINO fp32 on " + fast_onnx.name, "int8": int8_runs}
     card = write_export_card(None if reference.name.endswith("-untrained") else model, out, "openvino_int8",
                              {"source": fast_onnx.name, "quantization": facts, "calibration_images": len(calibration),
                               "calibration_size": calib_size, "parity_vs_keras": result, "validation": validation})

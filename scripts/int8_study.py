@@ -77,8 +77,13 @@ def main() -> None:
             models[name] = (path, "int8", facts)
             atomic_write_json(facts_file, facts)
     results = {"machine": machine_line(), "threshold": threshold, "validation_images": len(val), "models": {}}
+    earlier = json.loads((folder / "study.json").read_text()) if (folder / "study.json").is_file() else {}
     labelled = [LabelledImage(image, truth) for image, truth in val]
     for name, (path, precision, facts) in models.items():
+        if name in earlier.get("models", {}) and "f1" in earlier["models"][name]:  # F1 once; speed may be re-run
+            results["models"][name] = {k: v for k, v in earlier["models"][name].items() if k in
+                                       ("file", "precision", "f1", "facts")}
+            continue
         engine = OpenVinoEngine(str(path), threshold, precision=precision, cache_dir="")
         f1 = evaluate_engine(engine, labelled)["strict"]["f1"]
         row = {"file": str(path), "precision": engine.precision, "f1": f1, "facts": facts}
