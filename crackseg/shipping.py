@@ -127,6 +127,8 @@ def _stage(model: Path, card: dict, required: bool = True) -> dict:
         "threshold": card.get("threshold"),
         "validation_strict_f1": (validation.get("strict") or {}).get("f1"),
     }
+    if card.get("checkpoint"):
+        facts["checkpoint"] = f"the run's {card['checkpoint']} (the next stage started from it, not from a deploy file)"
     if note:
         facts["run_folder"] = f"{note} (facts from the card)"
     return facts
@@ -142,6 +144,32 @@ def _recorded_only(start: dict) -> list[dict]:
                     "note": "known only from the card of the stage after it (its file or card is not as used)"})
         start = start.get("initial_weights")
     return out
+
+
+def _checkpoint_card(path: Path, digest: str | None) -> dict | None:
+    """For initial weights that are a run's own checkpoint (``RUN/best.keras``: no card beside it), a card-like
+    summary of that run from its folder (config.json, state.json) and, when the run deployed, its deploy file's card
+    (threshold, validation); None when ``path`` is not in a run folder."""
+    run = path.parent
+    if not ((run / "config.json").is_file() and (run / "state.json").is_file()):
+        return None
+    try:
+        config = json.loads((run / "config.json").read_text())
+        state = json.loads((run / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    deployed: dict = {}
+    if config.get("deploy") and Path(config["deploy"]).is_file():
+        try:
+            deployed = read_card(config["deploy"])
+        except CardError:
+            deployed = {}
+        if Path(str(deployed.get("run", ""))).resolve() != run.resolve():
+            deployed = {}
+    start = {"path": config["init"], "sha256": config.get("init_sha256")} if config.get("init") else None
+    return {**{k: deployed[k] for k in ("threshold", "validation", "teacher") if k in deployed},
+            "run": str(run), "sha256": digest, "epochs": state.get("epoch"), "best_val_score": state.get("best"),
+            "initial_weights": start, "checkpoint": path.name}
 
 
 def stage_history(model: str | Path) -> list[dict]:
@@ -166,8 +194,10 @@ def stage_history(model: str | Path) -> list[dict]:
         except CardError:
             card = None
         if card is None or card.get("sha256") != start.get("sha256"):
-            stages += _recorded_only(start)
-            break
+            card = _checkpoint_card(path, start.get("sha256"))
+            if card is None:
+                stages += _recorded_only(start)
+                break
     return stages[::-1]
 
 

@@ -1,7 +1,7 @@
 """ship.py: put a finished, deployed student into weights/ with its card and its exports, checked.
 
-    python scripts/ship.py --model=runs/shipped/student_stage4_mixed.keras      # the deployable file Train_3 wrote
-    python scripts/ship.py --run=runs/shipped/student_stage4_mixed               # or the run folder (its --deploy)
+    python scripts/ship.py --model=runs/shipped/student_stage5_sampling.keras   # the deployable file Train_3 wrote
+    python scripts/ship.py --run=runs/shipped/student_stage5_sampling            # or the run folder (its --deploy)
     python scripts/ship.py --model=... --weights_dir=/tmp/w --no-cpu_int8        # elsewhere; ONNX + fast only
 
 Refuses, in one line, a run that is not finished (every epoch, early stopping, or its --max_minutes limit with

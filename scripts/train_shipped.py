@@ -1,13 +1,13 @@
 """train_shipped.py (`make weights`): the shipped student from its recipes, every stage in order, resuming.
 
-    python scripts/train_shipped.py                  # soft labels, stages 1-4, then scripts/ship.py into weights/
+    python scripts/train_shipped.py                  # soft labels, stages 1-5, then scripts/ship.py into weights/
     python scripts/train_shipped.py --dry_run        # print the commands (and which stages are done) only
     python scripts/train_shipped.py --no-ship        # train only
 
 Each stage is its Train script with its recipe file (recipes/*.py) as a subprocess: ``python Train_3_Step.py
 recipes/student_stage1_kd.py``. A stage whose deployable file and card already exist (soft labels: whose split
 manifests exist) is skipped; an interrupted stage resumes by itself when this runs again. The recipes chain each
-stage's deploy file to the next one's --init under runs/shipped/. The teacher is the shipped weights/teacher.keras
+stage's deploy file (stage 4: its best.keras) to the next one's --init under runs/shipped/. The teacher is the shipped weights/teacher.keras
 (Train_1 is not re-run). The last step ships the last stage's deploy file (scripts/ship.py: card, exports, checks).
 """
 import os
@@ -23,7 +23,8 @@ from crackseg.config import configure  # noqa: E402
 
 recipes = "recipes"               # folder of the recipe files named in --stages
 stages = ("Train_2_Step.py:soft_labels", "Train_3_Step.py:student_stage1_kd", "Train_3_Step.py:student_stage2_gt",
-          "Train_3_Step.py:student_stage3_bce", "Train_3_Step.py:student_stage4_mixed")  # SCRIPT:RECIPE, in order
+          "Train_3_Step.py:student_stage3_bce", "Train_3_Step.py:student_stage4_mixed",
+          "Train_3_Step.py:student_stage5_sampling")  # SCRIPT:RECIPE, in order
 student_flags = ""                # extra flags for every Train_3 stage, e.g. "--max_minutes=60" (flags win)
 ship = True                       # end with scripts/ship.py on the last stage's deploy file
 weights_dir = "weights"           # scripts/ship.py --weights_dir

@@ -174,8 +174,8 @@ def test_train_shipped_dry_run_lists_the_stages_in_order():
     out = result.stdout
     order = ["Train_2_Step.py recipes/soft_labels.py", "Train_3_Step.py recipes/student_stage1_kd.py",
              "Train_3_Step.py recipes/student_stage2_gt.py", "Train_3_Step.py recipes/student_stage3_bce.py",
-             "Train_3_Step.py recipes/student_stage4_mixed.py",
-             "scripts/ship.py --model=runs/shipped/student_stage4_mixed.keras --weights_dir=weights"]
+             "Train_3_Step.py recipes/student_stage4_mixed.py", "Train_3_Step.py recipes/student_stage5_sampling.py",
+             "scripts/ship.py --model=runs/shipped/student_stage5_sampling.keras --weights_dir=weights"]
     positions = [out.index(line) for line in order]
     assert positions == sorted(positions)
 
@@ -183,20 +183,22 @@ def test_train_shipped_dry_run_lists_the_stages_in_order():
 def test_the_shipped_recipes_chain_deploy_to_init():
     from crackseg.config import read_recipe
 
-    names = ["student_stage1_kd", "student_stage2_gt", "student_stage3_bce", "student_stage4_mixed"]
+    names = ["student_stage1_kd", "student_stage2_gt", "student_stage3_bce", "student_stage4_mixed",
+             "student_stage5_sampling"]
     recipes = {n: read_recipe(REPO / "recipes" / f"{n}.py") for n in names}
     labels = read_recipe(REPO / "recipes" / "soft_labels.py")
     assert labels["teacher"] == "weights/teacher.keras" and labels["temperature"] == 10
     assert recipes["student_stage1_kd"]["init"] == ""
     for before, after in zip(names, names[1:]):
-        assert recipes[after]["init"] == recipes[before]["deploy"]
+        assert recipes[after]["init"] in (recipes[before]["deploy"], recipes[before]["out"] + "/best.keras")
         assert recipes[before]["deploy"].startswith("runs/shipped/")
     for n in names[:3]:  # trained on the two-dataset lists with per-image epochs
         r = recipes[n]
         assert (r["lists"], r["samples_per_epoch"], r["sampling"], r["augment"]) == ("datasets/splits_2set", 0, "",
                                                                                      "none")
         assert r["labels"] == labels["out"]
-    assert recipes["student_stage4_mixed"]["lists"] == "datasets/splits"
+    assert recipes["student_stage4_mixed"]["lists"] == recipes["student_stage5_sampling"]["lists"] == "datasets/splits"
+    assert recipes["student_stage5_sampling"]["init"] == "runs/shipped/student_stage4_mixed/best.keras"
     for split, count in (("train", 376), ("val", 42)):
         lines = (REPO / "datasets" / "splits_2set" / f"{split}.txt").read_text().split()
         assert len(lines) == count
@@ -259,3 +261,22 @@ def test_history_reaches_stages_known_only_from_cards(tmp_path, tiny_net):
     assert stages[0]["card"] is None and stages[1]["sha256"] == "16d8"
     assert "run folder not found" in stages[2]["run_folder"] and stages[2]["best_score"] == 0.767
     assert stages[2]["loss"] == "bce_dice" and stages[3]["initial_weights_sha256"] == sha256(old)
+
+
+def test_history_goes_through_a_runs_best_checkpoint(tmp_path, tiny_net):
+    """Stage 5 started from stage 4's best.keras (no card beside it): the stage is that run, read from its folder."""
+    from crackseg.shipping import stage_history
+
+    first = make_stage(tmp_path, "stage3", tiny_net)
+    fourth = make_stage(tmp_path, "stage4", tiny_net, init=first, done=2, epochs=40, max_minutes=50.0)
+    best = tmp_path / "stage4" / "best.keras"
+    tiny_net.save(best)
+    config = json.loads((tmp_path / "stage4" / "config.json").read_text())
+    (tmp_path / "stage4" / "config.json").write_text(json.dumps({**config, "init_sha256": sha256(first)}))
+    fifth = make_stage(tmp_path, "stage5", tiny_net, init=best)
+    stages = stage_history(fifth)
+    assert [s["model"] for s in stages] == [str(first), str(best), str(fifth)]
+    assert stages[1]["run"] == str(tmp_path / "stage4") and stages[1]["epochs"] == 2 and "best.keras" in stages[1]["checkpoint"]
+    assert stages[1]["sha256"] == sha256(best) == stages[2]["initial_weights_sha256"]
+    assert stages[1]["initial_weights_sha256"] == sha256(first) and stages[1]["threshold"] == 0.4
+    assert fourth.is_file()
