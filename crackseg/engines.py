@@ -29,6 +29,7 @@ import numpy as np
 
 from .card import CardError, card_path, read_card
 from .errors import EngineError
+from .keras_io import is_preset, load_deployable_keras, predict_probabilities  # no Keras import until called
 from .precision import (CPU_PRECISIONS, MAX_INT8_F1_DROP, PRECISIONS, int8_units, normalize_precision,
                         openvino_capabilities, openvino_cpu_config)
 from .preprocess import crop_back, prepare
@@ -77,6 +78,14 @@ def resolve_threshold(card: dict, override: float | None) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- the interface
+def check_images(images: list[np.ndarray]) -> None:
+    """EngineError (one line) unless every image is RGB uint8 HxWx3."""
+    for i, image in enumerate(images):
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+            raise EngineError(f"image {i}: expected RGB uint8 HxWx3, got {image.dtype} {image.shape}")
+
+
 class Engine:
     """A loaded model. Subclasses implement ``_infer`` on a prepared batch; everything else is shared."""
 
@@ -111,10 +120,7 @@ class Engine:
 
     def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Several RGB uint8 images -> their HxW probabilities; images of one size run as one batch."""
-        for i, image in enumerate(images):
-            image = np.asarray(image)
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-                raise EngineError(f"image {i}: expected RGB uint8 HxWx3, got {image.dtype} {image.shape}")
+        check_images(images)
         results: list[np.ndarray | None] = [None] * len(images)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
@@ -162,55 +168,23 @@ class Engine:
 
 
 # ---------------------------------------------------------------------------------------------- Keras / TF
-def is_preset(path_or_preset: str) -> bool:
-    """A bare name with no file behind it: a preset of ``model.PRESETS`` (checked when it is built)."""
-    return not Path(path_or_preset).suffix and not Path(path_or_preset).exists()
-
-
-def load_deployable_keras(path_or_preset: str):
-    """A deployable Keras model (one output ``crack``, any H x W multiple of 4) from a ``.keras`` file or a preset.
-
-    A saved training model (several heads) is turned into the deployable one with ``model.deploy_model``.
-    """
-    try:
-        import keras
-
-        import model as mcff  # registers the custom layers before loading
-    except ImportError as exc:
-        raise EngineError(f"{path_or_preset}: the Keras backend needs TensorFlow/Keras and the model package "
-                          f"({exc}); on an edge device use the exported .onnx or .engine") from None
-    if is_preset(path_or_preset):
-        try:
-            return mcff.deploy_model(mcff.build_model(path_or_preset, None))
-        except ValueError as exc:
-            raise EngineError(f"{path_or_preset}: not a model file and not a preset ({exc})") from None
-    path = Path(path_or_preset)
-    if not path.is_file():
-        raise EngineError(f"{path}: model file not found")
-    try:
-        net = keras.saving.load_model(path, compile=False)
-    except Exception as exc:  # Keras raises several types for broken or foreign files
-        raise EngineError(f"{path}: cannot load Keras model ({type(exc).__name__}: {exc})") from None
-    if len(net.outputs) != 1:
-        net = mcff.deploy_model(net)
-    return net
-
-
+# The one Keras loader and predict path (crackseg.keras_io; it imports Keras only when called).
 class KerasEngine(Engine):
     backend = "keras"
 
     def __init__(self, path_or_preset: str, threshold: float | None = None, net=None):
         """``net``: an already loaded deployable model of ``path_or_preset`` (saves loading it twice)."""
-        import tensorflow as tf
-
         self._identify(path_or_preset, threshold)
         self.model = net if net is not None else load_deployable_keras(path_or_preset)
-        # One traced graph for every batch and image size: no retracing per frame size.
-        signature = (tf.TensorSpec((None, None, None, 3), tf.float32),)
-        self._forward = tf.function(lambda x: self.model(x, training=False), input_signature=signature)
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Through ``crackseg.keras_io.predict_probabilities``, the predict path training validation and the card's
+        threshold choice use too (images of one size batched, each size traced once)."""
+        check_images(images)
+        return predict_probabilities(self.model, [np.asarray(image) for image in images])
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self._forward(batch).numpy()
+        return np.asarray(self.model.predict_on_batch(batch))
 
 
 # ---------------------------------------------------------------------------------------------- ONNX Runtime
