@@ -114,7 +114,7 @@ class DashboardState:
             device.latency_ms = max(0.0, (now - float(header.get("time", now))) * 1000)
             device.arrivals.append(now)
             device.history.append((self._seq, now, float(stats.get("crack_ratio", 0.0)),
-                                   float(stats.get("length_px", 0.0))))
+                                   float(stats.get("length_mm", stats.get("length_px", 0.0)))))
             self.version = self._seq
 
     def set_rejected(self, rejected: Mapping[str, int]) -> None:
@@ -355,7 +355,7 @@ function tile(name) {
   const table = el("table");
   const cells = {};
   const rows = [["frames", "fps"], ["latency", "age"], ["crack ratio", "length"], ["max width", "cracks"],
-                ["model", "size"]];
+                ["worst", "size"], ["model"]];
   for (const pair of rows) {
     const tr = el("tr");
     for (const key of pair) {
@@ -398,7 +398,7 @@ function draw(d) {
     });
     g.stroke();
     g.fillStyle = color; g.font = "11px sans-serif";
-    g.fillText((k === 1 ? "max " + peak.toFixed(2) + " %" : "max " + peak.toFixed(0) + " px"), k === 1 ? 4 : w / 2, 11);
+    g.fillText((k === 1 ? "max " + peak.toFixed(2) + " %" : "max " + peak.toFixed(0) + " " + (d.unit || "px")), k === 1 ? 4 : w / 2, 11);
   }
 }
 
@@ -424,8 +424,12 @@ function apply(msg) {
     d.cells["fps"].textContent = fmt(dev.fps, 1);
     d.cells["latency"].textContent = fmt(dev.latency_ms, 0) + " ms";
     d.cells["crack ratio"].textContent = fmt((s.crack_ratio || 0) * 100, 2) + " %";
-    d.cells["length"].textContent = fmt(s.length_px, 0) + " px";
-    d.cells["max width"].textContent = fmt(s.max_width_px, 1) + " px";
+    // camera.py --mm_per_px sends millimetres and the worst severity level (1-3) of the frame; pixels otherwise
+    const mm = s.length_mm !== undefined;
+    d.unit = mm ? "mm" : "px";
+    d.cells["length"].textContent = mm ? fmt(s.length_mm, 0) + " mm" : fmt(s.length_px, 0) + " px";
+    d.cells["max width"].textContent = mm ? fmt(s.max_width_mm, 1) + " mm" : fmt(s.max_width_px, 1) + " px";
+    d.cells["worst"].textContent = s.severity_level ? ["", "low", "moderate", "high"][s.severity_level] || "-" : "-";
     d.cells["cracks"].textContent = s.components === undefined ? "-" : s.components;
     d.cells["model"].textContent = (dev.last && dev.last.model) || "-";
     d.cells["size"].textContent = dev.last ? dev.last.width + "x" + dev.last.height : "-";

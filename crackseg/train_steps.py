@@ -12,6 +12,7 @@ from model.profile import format_profile
 
 from .data import load_training_data
 from .inputs import train_dataset
+from .keras_io import load_keras_model  # the one Keras loader (also for tests and scripts)
 from .keras_metrics import crack_metrics
 from .losses import make_loss
 from .training import BalancedValidation, TrainingError, compile_model, fit, predict_probabilities
@@ -74,7 +75,7 @@ def describe_input(batches) -> None:
 
 
 def train_teacher(config: dict) -> dict:
-    """Train_1: a preset with the loss on all four heads, best checkpoint by validation mix-head F1."""
+    """Train_1: a preset with the loss on all four heads, best checkpoint by the mix head's ``val_score``."""
     config = with_initial_weights({**config, "preset": resolve_preset_name(config["preset"])})
     arrays = load_training_data(config["data"], _lists(config["lists"]), config["val_fraction"], config["seed"],
                                 config["dilate"])
@@ -105,7 +106,7 @@ def train_teacher(config: dict) -> dict:
 
 def deploy_teacher(config: dict, arrays: dict) -> Path:
     """Copy the run's best.keras to ``--deploy`` (atomically) with a model card: params, FLOPs, how it was trained,
-    and the validation report of its mix head at the ODS threshold."""
+    and the validation report of its mix head at the balanced threshold (``choose_threshold``)."""
     import shutil
 
     from model import deploy_model, infer_preset
@@ -150,7 +151,7 @@ def recipe_facts(config: dict) -> dict:
     start = None
     if config["init"]:
         start = {"path": config["init"], "sha256": config.get("init_sha256")}
-    keys = ("optimizer", "lr", "batch_size", "crop", "dilate", "sampling", "samples_per_epoch", "augment",
+    keys = ("recipe", "optimizer", "lr", "batch_size", "crop", "dilate", "sampling", "samples_per_epoch", "augment",
             "crack_weight", "pos_weight")
     return {k: config.get(k) for k in keys} | {"initial_weights": start}
 
@@ -184,22 +185,6 @@ def validation_facts(report: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------- Train_2 and Train_3
 import numpy as np  # noqa: E402
-
-
-def load_keras_model(path: str | Path) -> keras.Model:
-    """A saved .keras model (custom layers, losses and metrics registered by importing the package); one line if
-    the file is missing or not a Keras model."""
-    import model  # noqa: F401  (registers the network's custom layers)
-
-    from . import keras_metrics, losses  # noqa: F401  (register the training objects saved with checkpoints)
-
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"{path}: model file not found")
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as exc:  # Keras raises ValueError, OSError, zipfile errors... for a bad file
-        raise TrainingError(f"{path}: cannot load Keras model ({type(exc).__name__}: {exc})") from None
 
 
 def warm_start(model: keras.Model, path: str) -> keras.Model:
@@ -265,14 +250,6 @@ def make_soft_labels(config: dict) -> list[dict]:
     return reports
 
 
-def predict_crack(deployed: keras.Model, image: np.ndarray) -> np.ndarray:
-    """Crack probability (H, W) float32 of one RGB uint8 image through a one-output deployable Keras model."""
-    from .preprocess import crop_back, prepare
-
-    x, size = prepare(image)
-    return crop_back(keras.ops.convert_to_numpy(deployed(x, training=False)), size)[0].astype(np.float32)
-
-
 def choose_threshold(deployed: keras.Model, images: list, masks: list, datasets: list[str] | None = None,
                      distance: int = 2) -> dict:
     """Validation report of ``deployed`` at the balanced threshold (the mean of the datasets' strict F1 is best;
@@ -296,8 +273,9 @@ def choose_threshold(deployed: keras.Model, images: list, masks: list, datasets:
 
 
 def train_student(config: dict) -> dict:
-    """Train_3: the student on five outputs (h, x, y, mix at T1 + real = mix at T2), best by val_real_f1, then the
-    deployable student (mix head at T2 only) + its model card with the ODS threshold from validation."""
+    """Train_3: the student on five outputs (h, x, y, mix at T1 + real = mix at T2), best by ``val_score`` of the real
+    head (``BalancedValidation``), then the deployable student (mix head at T2 only) + its model card with the
+    balanced threshold from validation."""
     from model import build_logits_model, deploy_model, infer_preset, with_heads
 
     from .card import model_facts, write_card

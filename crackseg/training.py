@@ -84,10 +84,10 @@ def prepare_run(run_dir: str | Path, config: dict) -> tuple[Path, dict | None]:
         if clash:
             raise TrainingError(f"{run} holds a run with different {', '.join(clash)} "
                                 f"({', '.join(f'{k}={old[k]!r}' for k in clash)}); pass another --out")
-        swept = sweep_temporary_files(run)
-        if swept:
-            print(f"{run}: removed {len(swept)} partial file(s) left by an interrupted save: "
-                  + ", ".join(p.name for p in swept[:4]) + (" ..." if len(swept) > 4 else ""))
+    swept = sweep_temporary_files(run)
+    if swept:
+        print(f"{run}: removed {len(swept)} partial file(s) left by an interrupted save: "
+              + ", ".join(p.name for p in swept[:4]) + (" ..." if len(swept) > 4 else ""))
     atomic_write_json(config_file, config)
     return run, state
 

@@ -49,6 +49,7 @@ def main() -> None:
         run("datasets/synthetic.py", "--out", str(train), "--count", "48", "--size", "128", "128", "--seed", "1")
         run("Train_1_Step.py", f"--data={train}", "--lists=none", "--preset=student", "--epochs=4", "--crop=128",
             "--batch_size=4", "--optimizer=adam", "--lr=2e-3", "--val_fraction=0.2", "--profile_size=128",
+            "--samples_per_epoch=0",  # one tile per image, as the demo was timed
             f"--out={OUT / 'run'}")
         keras_model = OUT / "student_demo.keras"
         run("-c", "import sys, keras; sys.path.insert(0, '.'); import model, crackseg.losses, crackseg.keras_metrics;"

@@ -295,3 +295,18 @@ def test_browser_shows_two_live_devices(procs, media, tiny_model, browser, tmp_p
     shot = tmp_path / "dashboard.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 5000
     print(f"screenshot: {shot}; frames {before} -> {({n: frames(n) for n in before})}")
+
+
+def test_millimetre_stats_are_charted_and_shown_when_the_camera_sends_them(page):
+    """camera.py --mm_per_px sends length_mm / max_width_mm / severity_level: the chart follows the millimetres and
+    the page shows them (pixels stay the fallback)."""
+    state, _, base = page
+    jpeg = encode_jpeg(frame_image(48, 64, 0))
+    for i in range(2):
+        state.update(make_header("survey", i, 64, 48, {"crack_ratio": 0.02, "length_px": 100.0 + i,
+                                                      "length_mm": 80.0 + i, "max_width_mm": 7.5,
+                                                      "severity_level": 2}, "tiny", run="r1"), jpeg)
+    event = first_event(f"{base}/events")
+    assert [p[1:] for p in event["devices"][0]["points"]] == [[0.02, 80.0], [0.02, 81.0]]
+    html = get(f"{base}/")[1]
+    assert b"s.length_mm" in html and b'"moderate"' in html and b"max_width_mm" in html
