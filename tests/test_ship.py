@@ -174,10 +174,16 @@ def test_train_shipped_dry_run_lists_the_stages_in_order():
     out = result.stdout
     order = ["Train_2_Step.py recipes/soft_labels.py", "Train_3_Step.py recipes/student_stage1_kd.py",
              "Train_3_Step.py recipes/student_stage2_gt.py", "Train_3_Step.py recipes/student_stage3_bce.py",
-             "Train_3_Step.py recipes/student_stage4_mixed.py", "Train_3_Step.py recipes/student_stage5_sampling.py",
-             "scripts/ship.py --model=runs/shipped/student_stage5_sampling.keras --weights_dir=weights"]
+             "scripts/ship.py --model=runs/shipped/student_stage3_bce.keras --weights_dir=weights"]
     positions = [out.index(line) for line in order]
     assert positions == sorted(positions)
+    assert "student_stage4_mixed" not in out  # the four-dataset candidate is not the shipped model
+    stages = ("Train_2_Step.py:soft_labels,Train_3_Step.py:student_stage1_kd,Train_3_Step.py:student_stage2_gt,"
+              "Train_3_Step.py:student_stage3_bce,Train_3_Step.py:student_stage4_mixed,"
+              "Train_3_Step.py:student_stage5_sampling")
+    result = run_script("scripts/train_shipped.py", "--dry_run", f"--stages={stages}", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "scripts/ship.py --model=runs/shipped/student_stage5_sampling.keras" in result.stdout
 
 
 def test_the_shipped_recipes_chain_deploy_to_init():
