@@ -1,10 +1,10 @@
-"""Shipped model, stage 4 (Train_3_Step.py): all four datasets (datasets/splits: AigleRN, CRACK500, CrackForest,
+"""Four-dataset candidate (measured, not shipped: it loses DeepCrack), stage 4 (Train_3_Step.py): all four datasets (datasets/splits: AigleRN, CRACK500, CrackForest,
 DeepCrack), tiles drawn per dataset by the square root of its size, the full augmentation, from stage 3; 2 epochs
 of 1000 tiles, no teacher, BCE + Dice with crack weight 3.
 
     python Train_3_Step.py recipes/student_stage4_mixed.py
 
-As run (recipes/NOTES_FROM_LEAD.txt): the "aug" arm (runs/mix_aug, from weights/student.keras as shipped before =
+As run (RESULTS.md, "Four-dataset student"): the "aug" arm (runs/mix_aug, from weights/student.keras as shipped before =
 stage 3's bytes), which won its A/B against augment = "none" after 2 epochs and stopped there. Its best.keras is
 stage 5's --init.
 """
