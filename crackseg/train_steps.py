@@ -255,21 +255,17 @@ def choose_threshold(deployed: keras.Model, images: list, masks: list, datasets:
     """Validation report of ``deployed`` at the balanced threshold (the mean of the datasets' strict F1 is best;
     with one dataset that is its ODS threshold), with ``by_dataset`` reports at that threshold and ``balanced``
     (each dataset's own best threshold and F1)."""
-    from .metrics import balanced_threshold, dataset_curves, evaluate_arrays
+    from .evaluation import DatasetReports
+    from .metrics import balanced_threshold, dataset_curves
 
     datasets = list(datasets) if datasets is not None else ["data"] * len(images)
     probs = predict_probabilities(deployed, images)
     choice = balanced_threshold(dataset_curves(probs, masks, datasets))
-    report = evaluate_arrays(probs, masks, choice["threshold"], distance)
-    report["balanced"] = choice
-    names = sorted(set(datasets))
-    if len(names) > 1:
-        report["by_dataset"] = {}
-        for name in names:
-            part = [i for i, d in enumerate(datasets) if d == name]
-            report["by_dataset"][name] = evaluate_arrays([probs[i] for i in part], [masks[i] for i in part],
-                                                         choice["threshold"], distance)
-    return report
+    # evaluate.py's accumulator: the pooled report, and one per dataset when there are several
+    reports = DatasetReports(choice["threshold"], distance, by_dataset=len(set(datasets)) > 1)
+    for prob, mask, name in zip(probs, masks, datasets):
+        reports.update(prob, mask, name)
+    return {**reports.result(), "balanced": choice}
 
 
 def train_student(config: dict) -> dict:

@@ -33,6 +33,7 @@ config = configure(globals(), __doc__)
 
 import numpy as np  # noqa: E402
 
+from crackseg.bench import time_predict  # noqa: E402
 from crackseg.data import load_pair, load_split, sample_images, square_crop  # noqa: E402
 from crackseg.engines import OpenVinoEngine, fast_onnx_for, read_model_card  # noqa: E402
 from crackseg.evaluation import LabelledImage, balanced_subset, evaluate_engine  # noqa: E402
@@ -104,13 +105,7 @@ def measure_speed(results: dict, models: dict, labelled: list, threshold: float)
     crop = square_crop(labelled[0].image, size)
     for name, (path, precision, _) in models.items():
         engine = OpenVinoEngine(str(path), threshold, precision=precision, cache_dir="")
-        for _ in range(2):
-            engine.predict(crop)
-        seconds = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            engine.predict(crop)
-            seconds.append(time.perf_counter() - start)
+        seconds = time_predict(engine, crop, runs, warmup=2)
         report = evaluate_engine(engine, labelled, throughput=True)
         row = results["models"][name]
         row.update({"latency_ms": 1000 * float(np.median(seconds)), "images_per_s_448": 1 / float(np.median(seconds)),
