@@ -20,6 +20,7 @@ dilate = 0                        # k x k dilation of training labels (0 = off)
 sampling = "sqrt"                 # each dataset's share of the tiles: size | sqrt | equal | NAME=WEIGHT,...
 samples_per_epoch = 2000          # training tiles per epoch (0: one per training image, as before)
 augment = "scale=0.5:2,blur=0.2,jpeg=0.3,shadow=0.3,stripe=0.2,grey=0.2"  # beyond crop/flip/turn/colour; "none"
+floor = ""                        # checkpoint guard, e.g. "DeepCrack=0.80": epochs under it cannot be best
 # model ----------------------------------------------------------------------------------------------------------
 preset = "auto"                   # teacher | teacher_cpu | student; auto: teacher with a GPU, teacher_cpu without
 width = None                      # override the preset's width / residual blocks / block type ("MCL", "MCLD")

@@ -27,6 +27,7 @@ labels = "runs/soft_labels"       # Train_2_Step's --out
 sampling = "sqrt"                 # each dataset's share of the tiles: size | sqrt | equal | NAME=WEIGHT,...
 samples_per_epoch = 2000          # training tiles per epoch (0: one per training image, as before)
 augment = "scale=0.5:2,blur=0.2,jpeg=0.3,shadow=0.3,stripe=0.2,grey=0.2"  # beyond crop/flip/turn/colour; "none"
+floor = ""                        # checkpoint guard, e.g. "DeepCrack=0.80": epochs under it cannot be best
 # distillation ---------------------------------------------------------------------------------------------------
 strategy = "standard"             # standard | hyperthermal | non-isothermal | none (no teacher)
 t0 = None                         # None: the strategy's temperatures; a number overrides it

@@ -156,29 +156,58 @@ def _plain(v):
     return float(v) if isinstance(v, (np.floating, np.ndarray, float)) else v
 
 
+def parse_floors(text: str) -> dict[str, float]:
+    """``"DeepCrack=0.80,AigleRN=0.5"`` -> ``{"DeepCrack": 0.8, "AigleRN": 0.5}`` ("" -> no floors)."""
+    floors: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        name, eq, value = part.partition("=")
+        try:
+            floors[name.strip()] = float(value)
+        except ValueError:
+            floors[name.strip()] = float("nan")
+        if not eq or not name.strip() or not 0 <= floors[name.strip()] <= 1:
+            raise TrainingError(f"--floor {part!r}: expected DATASET=F1 with F1 in 0..1, e.g. DeepCrack=0.80")
+    return floors
+
+
 class BalancedValidation(keras.callbacks.Callback):
     """Validation by the model card's threshold rule, so checkpoints are chosen the way the card's threshold is:
     after each epoch, the ``output`` head's strict F1 per dataset over the threshold sweep, then the threshold that
     maximises their mean (``crackseg.metrics.balanced_threshold``). Logs ``val_score`` (that mean),
     ``val_threshold`` and ``val_f1_<dataset>`` (each dataset's F1 there). A fixed log threshold misjudges
-    checkpoints when the loss moves the calibration (BCE with a crack weight moves the best threshold up)."""
+    checkpoints when the loss moves the calibration (BCE with a crack weight moves the best threshold up).
 
-    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], datasets: list[str], output: str):
+    ``floors`` ({dataset: F1}) guard the checkpoint choice: an epoch where a named dataset's F1 at that threshold is
+    under its floor logs ``val_score`` = mean - 1, so any epoch that keeps every floor ranks above it (a fine-tune on
+    new data must not buy its mean by losing a set it had learnt). ``val_mean_f1`` is always the plain mean."""
+
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], datasets: list[str], output: str,
+                 floors: dict[str, float] | None = None):
         super().__init__()
         self.images, self.masks, self.datasets, self.output = images, masks, datasets, output
+        self.floors = dict(floors or {})
+        unknown = sorted(set(self.floors) - set(datasets))
+        if unknown:
+            raise TrainingError(f"--floor: no validation images of {', '.join(unknown)} "
+                                f"(validation datasets: {', '.join(sorted(set(datasets)))})")
 
     def on_epoch_end(self, epoch, logs=None):
         start = time.time()
         probs = predict_probabilities(self.model, self.images, self.output)
         choice = balanced_threshold(dataset_curves(probs, self.masks, self.datasets))
+        missed = [f"{name} {choice['by_dataset'][name]['f1']:.3f} < {floor:g}"
+                  for name, floor in self.floors.items() if choice["by_dataset"][name]["f1"] < floor]
+        score = choice["mean_f1"] - (1.0 if missed else 0.0)
         if logs is not None:  # Keras hands the same dict to the callbacks after this one (plateau, stop, logger)
-            logs["val_score"] = choice["mean_f1"]
+            logs["val_score"] = score
+            logs["val_mean_f1"] = choice["mean_f1"]
             logs["val_threshold"] = choice["threshold"]
             for name, part in choice["by_dataset"].items():
                 logs[f"val_f1_{name}"] = part["f1"]
-        print(f"\nvalidation ({len(self.images)} images, {time.time() - start:.0f} s): score {choice['mean_f1']:.4f} "
+        print(f"\nvalidation ({len(self.images)} images, {time.time() - start:.0f} s): score {score:.4f} "
               f"at t={choice['threshold']:.2f}; " + ", ".join(f"{k} {v['f1']:.3f}" for k, v in
-                                                            choice["by_dataset"].items()), flush=True)
+                                                            choice["by_dataset"].items())
+              + (f" (under the floor: {'; '.join(missed)})" if missed else ""), flush=True)
 
 
 class TimeLimit(keras.callbacks.Callback):

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from crackseg.training import TimeLimit, fit, save_without_optimizer
+from crackseg.training import TimeLimit, TrainingError, fit, parse_floors, save_without_optimizer
 
 
 class _FakeModel:
@@ -211,6 +211,52 @@ def test_balanced_validation_logs_the_card_rule_for_checkpoint_choice():
     assert logs["val_threshold"] == expected["threshold"]
     assert logs["val_f1_a"] == pytest.approx(expected["by_dataset"]["a"]["f1"])
     assert set(HEADS) >= {"mix"}
+    assert logs["val_mean_f1"] == pytest.approx(expected["mean_f1"])
+
+    # a floor under the dataset's F1 there changes nothing; one above it ranks the epoch under any that keeps it
+    kept, missed = {}, {}
+    f1_a = expected["by_dataset"]["a"]["f1"]
+    for floors, out in (({"a": f1_a - 0.01}, kept), ({"a": min(1.0, f1_a + 0.01)}, missed)):
+        guarded = BalancedValidation(images, masks, names, "mix", floors)
+        guarded.set_model(net)
+        guarded.on_epoch_end(0, out)
+    assert kept["val_score"] == pytest.approx(expected["mean_f1"])
+    assert missed["val_score"] == pytest.approx(expected["mean_f1"] - 1.0)
+    assert missed["val_mean_f1"] == pytest.approx(expected["mean_f1"]) and missed["val_threshold"] == expected["threshold"]
+    with pytest.raises(TrainingError, match="no validation images of c"):
+        BalancedValidation(images, masks, names, "mix", {"c": 0.5})
+
+
+@pytest.mark.parametrize("text, floors", [("", {}), ("DeepCrack=0.80", {"DeepCrack": 0.8}),
+                                          (" A=0.5, B=1 ", {"A": 0.5, "B": 1.0})])
+def test_parse_floors(text, floors):
+    assert parse_floors(text) == floors
+
+
+@pytest.mark.parametrize("text", ["DeepCrack", "DeepCrack=high", "DeepCrack=1.5", "=0.5", "DeepCrack=-0.1"])
+def test_parse_floors_refuses_bad_text_in_one_line(text):
+    with pytest.raises(TrainingError, match="--floor"):
+        parse_floors(text)
+
+
+def test_fine_tuning_at_another_temperature_warns(tmp_path, capsys):
+    from crackseg.card import write_card
+    from crackseg.train_steps import init_temperature, warn_temperature_change
+
+    deployed = tmp_path / "student.keras"
+    deployed.write_bytes(b"weights")
+    write_card(deployed, {"t2": 10.0})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"t2": 1.0}))
+    assert init_temperature(deployed) == 10.0 and init_temperature(run / "best.keras") == 1.0
+    assert init_temperature(tmp_path / "other.keras") is None
+    warn_temperature_change(str(deployed), 10.0)
+    warn_temperature_change("", 1.0)
+    assert capsys.readouterr().out == ""
+    warn_temperature_change(str(deployed), 1.0)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("warning: --init=") and "T2=10" in line and "--t2=10" in line and "\n" not in line
 
 
 def prepare_one(image):
