@@ -127,17 +127,26 @@ def evaluate_arrays(probs, truths, threshold: float = 0.5, distance: int = 2) ->
     return acc.result()
 
 
-def balanced_threshold(curves: dict[str, np.ndarray]) -> dict:
+def balanced_threshold(curves: dict[str, np.ndarray], floors: dict[str, float] | None = None) -> dict:
     """The threshold that no single dataset's pixel count dominates: the one maximising the mean over datasets of
     their strict F1. ``curves``: per dataset, the summed (tp, fp, fn) at every threshold (``threshold_counts``
-    added over its images). Returns ``{"threshold", "mean_f1", "by_dataset": {name: {"f1" (at the threshold),
-    "best_threshold", "best_f1"}}}``."""
+    added over its images). ``floors`` ({dataset: F1}): only thresholds where each named dataset keeps at least that
+    F1 compete (a set that must not get worse); when no threshold keeps them all, the unconstrained choice, with
+    ``floors_met`` False. Returns ``{"threshold", "mean_f1", "floors_met", "by_dataset": {name: {"f1" (at the
+    threshold), "best_threshold", "best_f1"}}}``."""
     if not curves:
         raise ValueError("no datasets to choose a threshold on")
     f1 = {name: _f1_from_tpfpfn(c) for name, c in sorted(curves.items())}
+    unknown = sorted(set(floors or {}) - set(f1))
+    if unknown:
+        raise ValueError(f"floor for {', '.join(unknown)}: no such dataset here ({', '.join(f1)})")
     mean = np.mean(np.stack(list(f1.values())), axis=0)
-    best = int(np.argmax(mean))
-    return {"threshold": float(THRESHOLDS[best]), "mean_f1": float(mean[best]),
+    allowed = np.ones_like(mean, dtype=bool)
+    for name, floor in (floors or {}).items():
+        allowed &= f1[name] >= floor
+    met = bool(allowed.any())
+    best = int(np.argmax(np.where(allowed, mean, -np.inf))) if met else int(np.argmax(mean))
+    return {"threshold": float(THRESHOLDS[best]), "mean_f1": float(mean[best]), "floors_met": met,
             "by_dataset": {name: {"f1": float(c[best]), "best_threshold": float(THRESHOLDS[int(np.argmax(c))]),
                                   "best_f1": float(c.max())} for name, c in f1.items()}}
 

@@ -120,7 +120,8 @@ def deploy_teacher(config: dict, arrays: dict) -> Path:
     state = json.loads((run / "state.json").read_text())
     best = load_keras_model(run / "best.keras")
     report = choose_threshold(deploy_model(best, head="mix", temperature=1.0), *arrays["val"],
-                              arrays["datasets"]["val"], distance=config["distance"])
+                              arrays["datasets"]["val"], distance=config["distance"],
+                              floors=parse_floors(config.get("floor", "")))
     print(f"teacher (mix head) on validation at the balanced threshold {report['threshold']:.2f}:\n"
           + format_report(report))
     dest = Path(config["deploy"])
@@ -131,7 +132,8 @@ def deploy_teacher(config: dict, arrays: dict) -> Path:
             "input": "RGB, scaled to [-1, 1], H and W padded to multiples of 4 (crackseg.preprocess.prepare)",
             **model_facts(best, config["profile_size"]), "preset": config["preset"],
             "architecture": asdict(infer_preset(best)), "loss": config["loss"], **recipe_facts(config),
-            **data_facts(config, arrays["splits"]), **validation_facts(report),
+            **data_facts(config, arrays["splits"]),
+            **validation_facts(report, parse_floors(config.get("floor", ""))),
             "run": str(run), "epochs": state["epoch"], "best_val_score": state["best"]}
     card = write_card(dest, info)
     print(f"teacher: {dest} (threshold {report['threshold']:.2f}), card {card}")
@@ -172,16 +174,23 @@ def with_initial_weights(config: dict) -> dict:
 
 
 THRESHOLD_RULE = "maximises the mean over validation datasets of their strict F1 (crackseg.metrics.balanced_threshold)"
+FLOOR_RULE = ", among the thresholds where {floors}"
 
 
-def validation_facts(report: dict) -> dict:
-    """A model card's threshold (the balanced rule on validation) and the validation metrics there, overall and per
-    dataset, with each dataset's own best threshold."""
+def validation_facts(report: dict, floors: dict[str, float] | None = None) -> dict:
+    """A model card's threshold (the balanced rule on validation, with its ``floors`` when given) and the validation
+    metrics there, overall and per dataset, with each dataset's own best threshold."""
     keys = ("images", "strict", "tolerant", "ods_f1", "ods_threshold", "ois_f1", "miou")
     validation = {k: report[k] for k in keys}
     if "by_dataset" in report:
         validation["by_dataset"] = {name: {k: part[k] for k in keys} for name, part in report["by_dataset"].items()}
-    return {"threshold": report["threshold"], "threshold_rule": THRESHOLD_RULE, "validation": validation}
+    rule = THRESHOLD_RULE
+    if floors:
+        kept = (report.get("balanced") or {}).get("floors_met", True)
+        rule += FLOOR_RULE.format(floors=", ".join(f"{k} >= {v:g}" for k, v in floors.items()))
+        rule += "" if kept else " (no threshold kept them: the unconstrained choice)"
+    return {"threshold": report["threshold"], "threshold_rule": rule, "validation": validation,
+            **({"floor": floors} if floors else {})}
 
 
 # ---------------------------------------------------------------------------------------------- Train_2 and Train_3
@@ -279,16 +288,16 @@ def make_soft_labels(config: dict) -> list[dict]:
 
 
 def choose_threshold(deployed: keras.Model, images: list, masks: list, datasets: list[str] | None = None,
-                     distance: int = 2) -> dict:
-    """Validation report of ``deployed`` at the balanced threshold (the mean of the datasets' strict F1 is best;
-    with one dataset that is its ODS threshold), with ``by_dataset`` reports at that threshold and ``balanced``
-    (each dataset's own best threshold and F1)."""
+                     distance: int = 2, floors: dict[str, float] | None = None) -> dict:
+    """Validation report of ``deployed`` at the balanced threshold (the mean of the datasets' strict F1 is best,
+    among the thresholds that keep ``floors``; with one dataset that is its ODS threshold), with ``by_dataset``
+    reports at that threshold and ``balanced`` (each dataset's own best threshold and F1)."""
     from .evaluation import DatasetReports
     from .metrics import balanced_threshold, dataset_curves
 
     datasets = list(datasets) if datasets is not None else ["data"] * len(images)
     probs = predict_probabilities(deployed, images)
-    choice = balanced_threshold(dataset_curves(probs, masks, datasets))
+    choice = balanced_threshold(dataset_curves(probs, masks, datasets), floors)
     # evaluate.py's accumulator: the pooled report, and one per dataset when there are several
     reports = DatasetReports(choice["threshold"], distance, by_dataset=len(set(datasets)) > 1)
     for prob, mask, name in zip(probs, masks, datasets):
@@ -366,7 +375,8 @@ def train_student(config: dict) -> dict:
     deploy_path = Path(config["deploy"])
     with atomic_path(deploy_path) as tmp:
         deployed.save(tmp)
-    report = choose_threshold(deployed, *arrays["val"], arrays["datasets"]["val"], distance=config["distance"])
+    report = choose_threshold(deployed, *arrays["val"], arrays["datasets"]["val"], distance=config["distance"],
+                              floors=parse_floors(config.get("floor", "")))
     print(f"validation at the balanced threshold {report['threshold']:.2f}:\n" + format_report(report))
     info = {
         "kind": "MCFF-L student, mix head only", "output": "crack probability (N, H, W, 1)",
@@ -375,7 +385,8 @@ def train_student(config: dict) -> dict:
         "preset": config["preset"], "architecture": asdict(infer_preset(best)),
         "strategy": kd["strategy"], "t0": t0, "t1": t1, "t2": t2, "alpha": config["alpha"],
         "soft_loss_scale": t1 ** 2 if config["t1_squared"] else 1.0, "loss": config["loss"], **recipe_facts(config),
-        "teacher": teacher, **data_facts(config, splits), **validation_facts(report),
+        "teacher": teacher, **data_facts(config, splits),
+        **validation_facts(report, parse_floors(config.get("floor", ""))),
         "run": str(run), "epochs": state["epoch"], "best_val_score": state["best"],
     }
     card = write_card(deploy_path, info)

@@ -177,9 +177,10 @@ class BalancedValidation(keras.callbacks.Callback):
     ``val_threshold`` and ``val_f1_<dataset>`` (each dataset's F1 there). A fixed log threshold misjudges
     checkpoints when the loss moves the calibration (BCE with a crack weight moves the best threshold up).
 
-    ``floors`` ({dataset: F1}) guard the checkpoint choice: an epoch where a named dataset's F1 at that threshold is
-    under its floor logs ``val_score`` = mean - 1, so any epoch that keeps every floor ranks above it (a fine-tune on
-    new data must not buy its mean by losing a set it had learnt). ``val_mean_f1`` is always the plain mean."""
+    ``floors`` ({dataset: F1}, ``--floor``) take part in the rule: only thresholds where each named dataset keeps its
+    floor compete, and an epoch where no threshold does logs ``val_score`` = mean - 1, so any epoch that keeps every
+    floor ranks above it (a fine-tune on new data must not buy its mean by losing a set it had learnt).
+    ``val_mean_f1`` is always the plain mean there."""
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], datasets: list[str], output: str,
                  floors: dict[str, float] | None = None):
@@ -194,20 +195,21 @@ class BalancedValidation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         start = time.time()
         probs = predict_probabilities(self.model, self.images, self.output)
-        choice = balanced_threshold(dataset_curves(probs, self.masks, self.datasets))
-        missed = [f"{name} {choice['by_dataset'][name]['f1']:.3f} < {floor:g}"
-                  for name, floor in self.floors.items() if choice["by_dataset"][name]["f1"] < floor]
-        score = choice["mean_f1"] - (1.0 if missed else 0.0)
+        choice = balanced_threshold(dataset_curves(probs, self.masks, self.datasets), self.floors)
+        score = choice["mean_f1"] - (0.0 if choice["floors_met"] else 1.0)
         if logs is not None:  # Keras hands the same dict to the callbacks after this one (plateau, stop, logger)
             logs["val_score"] = score
             logs["val_mean_f1"] = choice["mean_f1"]
             logs["val_threshold"] = choice["threshold"]
             for name, part in choice["by_dataset"].items():
                 logs[f"val_f1_{name}"] = part["f1"]
+                logs[f"val_best_f1_{name}"] = part["best_f1"]
+        missed = [f"{name} best {choice['by_dataset'][name]['best_f1']:.3f}" for name in self.floors]
         print(f"\nvalidation ({len(self.images)} images, {time.time() - start:.0f} s): score {score:.4f} "
               f"at t={choice['threshold']:.2f}; " + ", ".join(f"{k} {v['f1']:.3f}" for k, v in
                                                             choice["by_dataset"].items())
-              + (f" (under the floor: {'; '.join(missed)})" if missed else ""), flush=True)
+              + ("" if choice["floors_met"] else f" (no threshold keeps the floor: {'; '.join(missed)})"),
+              flush=True)
 
 
 class TimeLimit(keras.callbacks.Callback):

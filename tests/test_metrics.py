@@ -237,6 +237,16 @@ def test_balanced_threshold_is_not_dominated_by_the_dataset_with_most_pixels():
     assert choice["by_dataset"]["small"]["f1"] == pytest.approx(2 / 3)
     assert 0.75 < choice["by_dataset"]["small"]["best_threshold"] <= 0.9
     assert choice["by_dataset"]["small"]["best_f1"] == pytest.approx(1.0)
+    assert choice["floors_met"] is True
+    # a floor on the small set above its 2/3 there: only thresholds in (0.75, 0.9] keep it; the mean there is 0.5
+    floored = balanced_threshold(curves, {"small": 0.9})
+    assert 0.75 < floored["threshold"] <= 0.9 and floored["floors_met"] is True
+    assert floored["mean_f1"] == pytest.approx(0.5) and floored["by_dataset"]["small"]["f1"] == pytest.approx(1.0)
+    assert balanced_threshold(curves, {"small": 0.5})["threshold"] == choice["threshold"]  # kept anyway: no change
+    unreachable = balanced_threshold(curves, {"big": 1.0, "small": 1.0})  # no threshold keeps both
+    assert unreachable["floors_met"] is False and unreachable["threshold"] == choice["threshold"]
+    with pytest.raises(ValueError, match="no such dataset"):
+        balanced_threshold(curves, {"other": 0.5})
     one = balanced_threshold({"only": curves["small"]})  # one dataset: its own ODS threshold
     assert one["threshold"] == one["by_dataset"]["only"]["best_threshold"]
     with pytest.raises(ValueError):
