@@ -226,3 +226,33 @@ def media_folder(tmp_path):
     from datasets.synthetic import make_dataset
 
     return make_dataset(tmp_path / "media", 5, (64, 96), seed=3) / "images"
+
+
+def test_camera_modes_script_runs_each_mode_on_an_interleaved_folder(tmp_path, tiny_model):
+    """scripts/camera_modes.py: camera.py once per --throughput mode on links to the listed images, datasets taken
+    in turn, FPS from camera.py's own ``done:`` line into the JSON; a listed image that is missing is one line."""
+    import json
+
+    for name in ("A", "B"):
+        (tmp_path / name).mkdir()
+    lines = []
+    for i, (name, frame) in enumerate(pavement_frames(5)):
+        part = "A" if i < 3 else "B"
+        cv2.imwrite(str(tmp_path / part / f"{name}.png"), frame)
+        lines.append(f"{part}/{name}.png")
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "modes.json"
+    cmd = [sys.executable, str(REPO / "scripts" / "camera_modes.py"), f"--model={tiny_model['onnx']}",
+           f"--data={tmp_path}", f"--subset={tmp_path / 'list.txt'}", "--images=4", "--rounds=1",
+           f"--json_out={out}", "--precision=fp32"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert set(result["runs"]) == {"off", "on", "auto"} and result["images"] == 4
+    assert result["entries"] == ["A/0000.png", "B/0003.png", "A/0001.png", "B/0004.png"]
+    assert all(run["frames"] == 4 and run["fps"] > 0 for runs in result["runs"].values() for run in runs)
+    assert "cores" in result["machine"]
+    (tmp_path / "A" / "0001.png").unlink()
+    failed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 1 and "0001.png: listed in" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1
