@@ -47,6 +47,8 @@ epochs = 100
 batch_size = 4
 crop = 256                        # square training tiles (multiple of 4)
 init = ""                         # fine-tune from this .keras (same architecture; a deployed model works); "": random
+interpolate = "1"                 # deploy (1 - a) * init + a * trained: "1" the trained weights; "auto": the a of 0,
+                                  # .25, .5, .75, 1 with the best val_score (WiSE-FT: keeps what --init knew)
 lr = 5e-5
 optimizer = "rmsprop"             # rmsprop | adam
 loss = "asymmetric"               # asymmetric | bce_dice, for every output

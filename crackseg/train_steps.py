@@ -224,6 +224,81 @@ def warn_temperature_change(init: str, t2: float) -> None:
               flush=True)
 
 
+INTERPOLATION_SWEEP = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def interpolation_alphas(text: str, init: str) -> list[float]:
+    """``--interpolate``: "1" (the trained weights), a number in 0..1, a comma list of them (the sweep to choose
+    from), or "auto" (0, 0.25, 0.5, 0.75, 1); anything but "1" needs --init."""
+    text = str(text).strip().lower()
+    if text == "auto":
+        alphas = list(INTERPOLATION_SWEEP)
+    else:
+        alphas = []
+        for part in text.split(","):
+            try:
+                alphas.append(float(part))
+            except ValueError:
+                alphas.append(float("nan"))
+        if not alphas or not all(0.0 <= a <= 1.0 for a in alphas):
+            raise TrainingError(f"--interpolate={text}: expected auto, a number in 0..1 (1: the trained weights) or "
+                                f"a comma list of them")
+    if alphas != [1.0] and not init:
+        raise TrainingError(f"--interpolate={text}: interpolates from --init, and no --init was given")
+    return alphas
+
+
+def interpolation_sweep(start: keras.Model, trained: keras.Model, target: keras.Model, alphas: list[float],
+                        images: list, masks: list, datasets: list[str], floors: dict[str, float] | None = None
+                        ) -> list[dict]:
+    """For each ``a`` of ``alphas``: ``target`` set to ``(1 - a) * start + a * trained`` (same-named layers), scored
+    on the validation images by the card's threshold rule (``floors`` included: a score of mean - 1 when no
+    threshold keeps them). One row per ``a``: score, threshold, floors_met and each dataset's F1 there and its own
+    best. ``target`` is left at the last ``a``."""
+    from model import interpolate_weights
+
+    from .metrics import balanced_threshold, dataset_curves
+
+    rows = []
+    for alpha in alphas:
+        interpolate_weights(start, trained, alpha, target)
+        choice = balanced_threshold(dataset_curves(predict_probabilities(target, images), masks, datasets), floors)
+        rows.append({"alpha": alpha, "score": choice["mean_f1"] - (0.0 if choice["floors_met"] else 1.0),
+                     "mean_f1": choice["mean_f1"], "threshold": choice["threshold"],
+                     "floors_met": choice["floors_met"],
+                     "f1": {k: v["f1"] for k, v in choice["by_dataset"].items()},
+                     "best_f1": {k: v["best_f1"] for k, v in choice["by_dataset"].items()}})
+        print(f"interpolate a={alpha:.2f}: score {rows[-1]['score']:.4f} at t={choice['threshold']:.2f}; "
+              + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1]["f1"].items()), flush=True)
+    return rows
+
+
+def interpolate_deployed(deployed: keras.Model, trained_copy: keras.Model, config: dict, alphas: list[float],
+                         arrays: dict, floors: dict[str, float]) -> dict:
+    """WiSE-FT for a fine-tune: set ``deployed`` (the trained student; ``trained_copy``: a second one, unchanged) to
+    ``(1 - a) * init + a * trained`` for the ``a`` of ``alphas`` with the best validation score
+    (``interpolation_sweep``; a tie goes to the larger ``a``). Interpolating towards the weights a fine-tune started
+    from keeps much of what they knew (their datasets) while keeping much of the fine-tune's gain. Returns the
+    card's ``interpolation`` record."""
+    from model import interpolate_weights
+
+    from .io import sha256
+
+    init = Path(config["init"])
+    if not init.is_file() or (config.get("init_sha256") and sha256(init) != config["init_sha256"]):
+        raise TrainingError(f"--init={init}: not the file this run started from (its sha256 is in "
+                            f"{Path(config['out']) / 'config.json'}); cannot interpolate towards it")
+    start = load_keras_model(init)
+    sweep = interpolation_sweep(start, trained_copy, deployed, alphas, *arrays["val"], arrays["datasets"]["val"],
+                                floors)
+    chosen = max(sweep, key=lambda row: (row["score"], row["alpha"]))
+    interpolate_weights(start, trained_copy, chosen["alpha"], deployed)
+    print(f"deploying (1 - a) * {init} + a * the trained weights, a = {chosen['alpha']:.2f}", flush=True)
+    return {"alpha": chosen["alpha"], "start": str(init), "start_sha256": config.get("init_sha256"),
+            "rule": "the a with the best validation score (the card's threshold rule); ties: the larger a",
+            "sweep": sweep}
+
+
 def warm_start(model: keras.Model, path: str) -> keras.Model:
     """Copy the weights of a saved MCFF-L model of the same architecture (a run's best.keras, a deployed student
     or teacher: the mix head holds all three paths) into ``model``, to fine-tune instead of starting at random."""
@@ -324,6 +399,8 @@ def train_student(config: dict) -> dict:
     # resolved, so resume checks compare real temperatures
     config = with_initial_weights({**config, "t0": t0, "t1": t1, "t2": t2})
     warn_temperature_change(config["init"], t2)
+    interpolation_alphas(config.get("interpolate", "1"), config["init"])  # bad values fail now, not after training
+    parse_floors(config.get("floor", ""))
     arrays = load_training_data(config["data"], _lists(config["lists"]), config["val_fraction"], config["seed"],
                                 config["dilate"])
     splits = arrays["splits"]
@@ -372,11 +449,17 @@ def train_student(config: dict) -> dict:
 
     best = load_keras_model(run / "best.keras")
     deployed = deploy_model(best, head="mix", temperature=t2)
+    floors = parse_floors(config.get("floor", ""))
+    alphas = interpolation_alphas(config.get("interpolate", "1"), config["init"])
+    interpolation = None
+    if alphas != [1.0]:
+        interpolation = interpolate_deployed(deployed, deploy_model(best, head="mix", temperature=t2), config, alphas,
+                                             arrays, floors)
     deploy_path = Path(config["deploy"])
     with atomic_path(deploy_path) as tmp:
         deployed.save(tmp)
     report = choose_threshold(deployed, *arrays["val"], arrays["datasets"]["val"], distance=config["distance"],
-                              floors=parse_floors(config.get("floor", "")))
+                              floors=floors)
     print(f"validation at the balanced threshold {report['threshold']:.2f}:\n" + format_report(report))
     info = {
         "kind": "MCFF-L student, mix head only", "output": "crack probability (N, H, W, 1)",
@@ -385,8 +468,8 @@ def train_student(config: dict) -> dict:
         "preset": config["preset"], "architecture": asdict(infer_preset(best)),
         "strategy": kd["strategy"], "t0": t0, "t1": t1, "t2": t2, "alpha": config["alpha"],
         "soft_loss_scale": t1 ** 2 if config["t1_squared"] else 1.0, "loss": config["loss"], **recipe_facts(config),
-        "teacher": teacher, **data_facts(config, splits),
-        **validation_facts(report, parse_floors(config.get("floor", ""))),
+        "teacher": teacher, **data_facts(config, splits), **validation_facts(report, floors),
+        **({"interpolation": interpolation} if interpolation else {}),
         "run": str(run), "epochs": state["epoch"], "best_val_score": state["best"],
     }
     card = write_card(deploy_path, info)

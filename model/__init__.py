@@ -8,9 +8,9 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from .layers import AttentionGate, CrackProbability, InstanceNorm, TemperatureSoftmax
 from .network import (HEADS, NUM_CLASSES, PRESETS, Preset, build_logits_model, build_model, copy_weights,
-                      deploy_model, infer_preset, logits_model_of, resolve_preset, with_heads)
+                      deploy_model, infer_preset, interpolate_weights, logits_model_of, resolve_preset, with_heads)
 from .profile import count_flops, profile
 
 __all__ = ["AttentionGate", "CrackProbability", "InstanceNorm", "TemperatureSoftmax", "HEADS", "NUM_CLASSES",
            "PRESETS", "Preset", "build_logits_model", "build_model", "copy_weights", "deploy_model", "infer_preset",
-           "logits_model_of", "resolve_preset", "with_heads", "count_flops", "profile"]
+           "interpolate_weights", "logits_model_of", "resolve_preset", "with_heads", "count_flops", "profile"]

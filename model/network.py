@@ -213,6 +213,27 @@ def logits_model_of(model: keras.Model) -> keras.Model:
     return fresh
 
 
+def interpolate_weights(start: keras.Model, end: keras.Model, alpha: float, target: keras.Model) -> int:
+    """Set every ``target`` layer with weights to ``(1 - alpha) * start + alpha * end`` of the same-named layers
+    (WiSE-FT weight interpolation between a model and its fine-tuned self: alpha 0 = ``start``, 1 = ``end``).
+    Returns the number of layers set; ValueError names a mismatch."""
+    starts = {layer.name: layer for layer in start.layers}
+    ends = {layer.name: layer for layer in end.layers}
+    count = 0
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        for source, name in ((starts, start.name), (ends, end.name)):
+            if layer.name not in source:
+                raise ValueError(f"layer {layer.name!r} is missing from model {name!r}")
+        a, b = starts[layer.name].get_weights(), ends[layer.name].get_weights()
+        if [w.shape for w in a] != [w.shape for w in b] or [w.shape for w in b] != [w.shape for w in layer.weights]:
+            raise ValueError(f"layer {layer.name!r}: weight shapes differ between {start.name!r} and {end.name!r}")
+        layer.set_weights([(1.0 - alpha) * x + alpha * y for x, y in zip(a, b)])
+        count += 1
+    return count
+
+
 def deploy_model(model: keras.Model, head: str = "mix", temperature: float = 1.0) -> keras.Model:
     """The deployable network: one output ``crack`` = crack probability of ``head`` at ``temperature``, (N,H,W,1).
 

@@ -129,3 +129,67 @@ def test_student_fine_tunes_from_the_deployed_student(kd_run, monkeypatch, capsy
     assert card["initial_weights"] == {"path": str(kd_run["deploy"]), "sha256": sha256(kd_run["deploy"])}
     assert card["lr"] == 1e-4
     assert json.loads(kd_run["deploy"].with_suffix(".json").read_text())["initial_weights"] is None
+
+
+def test_fine_tune_deploys_the_interpolation_with_the_best_score(kd_run, monkeypatch, capsys):
+    """--interpolate=auto: the deployed weights are (1 - a) * init + a * trained for the a of the sweep with the
+    best validation score; the card records the sweep, and a = 0 gives back the init's own weights."""
+    import keras
+
+    from crackseg.keras_io import load_keras_model
+
+    deploy = kd_run["root"] / "weights" / "student_wise.keras"
+    dataset = Path(kd_run["data"][1]).name  # crackseg.data.dataset_of: the folder holding images/
+    out = run_in_process(monkeypatch, capsys, "Train_3_Step.py", *kd_run["data"], f"--labels={kd_run['labels']}",
+                         *TINY, *FAST, f"--init={kd_run['deploy']}", "--lr=1e-3", "--interpolate=auto",
+                         f"--floor={dataset}=0", f"--out={kd_run['root'] / 'student_wise'}", f"--deploy={deploy}")
+    card = json.loads(deploy.with_suffix(".json").read_text())
+    record = card["interpolation"]
+    assert [row["alpha"] for row in record["sweep"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    best = max(record["sweep"], key=lambda row: (row["score"], row["alpha"]))
+    assert record["alpha"] == best["alpha"] and record["start_sha256"] == sha256(kd_run["deploy"])
+    assert out.count("interpolate a=") == 5 and card["floor"] == {dataset: 0.0}
+    assert f"among the thresholds where {dataset} >= 0" in card["threshold_rule"]
+    start = load_keras_model(kd_run["deploy"])
+    trained = load_keras_model(kd_run["root"] / "student_wise" / "best.keras")
+    shipped = load_keras_model(deploy)
+    a = record["alpha"]
+    for layer in shipped.layers:
+        if layer.weights:
+            for got, s, t in zip(layer.get_weights(), start.get_layer(layer.name).get_weights(),
+                                 trained.get_layer(layer.name).get_weights()):
+                np.testing.assert_allclose(got, (1 - a) * s + a * t, rtol=1e-5, atol=1e-6)
+    assert isinstance(shipped, keras.Model)
+
+
+@pytest.mark.parametrize("flags, message", [(("--interpolate=2",), "expected auto, a number in 0..1"),
+                                            (("--interpolate=half",), "expected auto, a number in 0..1"),
+                                            (("--interpolate=0.5", "--init="), "no --init was given"),
+                                            (("--floor=DeepCrack",), "expected DATASET=F1")])
+def test_bad_interpolate_or_floor_is_one_line_before_training(kd_run, flags, message, tmp_path):
+    result = run_script("Train_3_Step.py", *kd_run["data"], f"--labels={kd_run['labels']}", *TINY, *FAST,
+                        f"--init={kd_run['deploy']}", *flags, f"--out={tmp_path / 'run'}",
+                        f"--deploy={tmp_path / 'student.keras'}")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # TF logs its own lines
+    assert result.returncode != 0 and len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "state.json").exists()
+
+
+def test_interpolation_sweep_script_scores_each_alpha(kd_run, tmp_path):
+    """scripts/interpolation_sweep.py between the deployed student and its run's checkpoint: one row per a, the
+    best one named, the JSON written; a missing model is one line."""
+    out = tmp_path / "sweep.json"
+    common = ("--data", kd_run["data"][1], "--lists=none", f"--start={kd_run['deploy']}", "--alphas=0,0.5,1",
+              "--floor=", "--temperature=1", f"--json_out={out}")
+    result = ok(run_script("scripts/interpolation_sweep.py", *common,
+                           f"--trained={kd_run['root'] / 'student' / 'best.keras'}"))
+    record = json.loads(out.read_text())
+    assert [row["alpha"] for row in record["sweep"]] == [0.0, 0.5, 1.0] and result.count("interpolate a=") == 3
+    best = max(record["sweep"], key=lambda row: (row["score"], row["alpha"]))
+    assert record["best_alpha"] == best["alpha"] and record["start"]["sha256"] == sha256(kd_run["deploy"])
+    # the deployed student is the run's best checkpoint at T2: a = 1 scores as the deployed student (a = 0) does
+    assert record["sweep"][2]["mean_f1"] == pytest.approx(record["sweep"][0]["mean_f1"], abs=1e-6)
+    missing = run_script("scripts/interpolation_sweep.py", *common, f"--trained={tmp_path / 'none.keras'}")
+    errors = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
+    assert missing.returncode == 1 and len(errors) == 1 and "none.keras: model file not found" in errors[0]
