@@ -151,6 +151,12 @@ def balanced_threshold(curves: dict[str, np.ndarray], floors: dict[str, float] |
                                   "best_f1": float(c.max())} for name, c in f1.items()}}
 
 
+def rule_score(choice: dict) -> float:
+    """The score of a ``balanced_threshold`` choice: the mean F1, minus 1 when no threshold kept the floors (so any
+    choice that keeps them ranks above every one that does not)."""
+    return choice["mean_f1"] - (0.0 if choice["floors_met"] else 1.0)
+
+
 def dataset_curves(probs, truths, datasets) -> dict[str, np.ndarray]:
     """Per dataset, the (tp, fp, fn) of its images summed at every threshold (input of ``balanced_threshold``)."""
     curves: dict[str, np.ndarray] = {}

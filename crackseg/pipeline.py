@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from itertools import islice
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from dataclasses import dataclass
 from typing import Callable, Generator, Iterable, Iterator
 
@@ -175,7 +175,7 @@ class FramePipeline:
             self.send(header, encode_jpeg(out, self.jpeg_quality))
         return FrameResult(index, name, mask, stats, infer_ms, fps, out)
 
-    # -- the two schedules
+    # -- the schedules (``_measured`` above picks one of the last two)
     def _sequential(self, frames: Iterator[tuple[str, np.ndarray]],
                     start: int = 0) -> Generator[FrameResult, None, None]:
         index = start

@@ -257,13 +257,13 @@ def interpolation_sweep(start: keras.Model, trained: keras.Model, target: keras.
     best. ``target`` is left at the last ``a``."""
     from model import interpolate_weights
 
-    from .metrics import balanced_threshold, dataset_curves
+    from .metrics import balanced_threshold, dataset_curves, rule_score
 
     rows = []
     for alpha in alphas:
         interpolate_weights(start, trained, alpha, target)
         choice = balanced_threshold(dataset_curves(predict_probabilities(target, images), masks, datasets), floors)
-        rows.append({"alpha": alpha, "score": choice["mean_f1"] - (0.0 if choice["floors_met"] else 1.0),
+        rows.append({"alpha": alpha, "score": rule_score(choice),
                      "mean_f1": choice["mean_f1"], "threshold": choice["threshold"],
                      "floors_met": choice["floors_met"],
                      "f1": {k: v["f1"] for k, v in choice["by_dataset"].items()},

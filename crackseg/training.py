@@ -22,7 +22,7 @@ import numpy as np
 from .errors import TrainingError  # noqa: F401  (raised here; defined without dependencies)
 from .io import atomic_path, atomic_write_json, atomic_write_text
 from .keras_io import predict_probabilities  # noqa: F401  (the one Keras predict path)
-from .metrics import balanced_threshold, dataset_curves
+from .metrics import balanced_threshold, dataset_curves, rule_score
 from .preprocess import prepare
 from .viz import plot_curves, save_image, side_by_side
 
@@ -196,7 +196,7 @@ class BalancedValidation(keras.callbacks.Callback):
         start = time.time()
         probs = predict_probabilities(self.model, self.images, self.output)
         choice = balanced_threshold(dataset_curves(probs, self.masks, self.datasets), self.floors)
-        score = choice["mean_f1"] - (0.0 if choice["floors_met"] else 1.0)
+        score = rule_score(choice)
         if logs is not None:  # Keras hands the same dict to the callbacks after this one (plateau, stop, logger)
             logs["val_score"] = score
             logs["val_mean_f1"] = choice["mean_f1"]

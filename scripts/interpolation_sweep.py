@@ -69,5 +69,5 @@ def main() -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (DataError, TrainingError, OSError) as exc:
+    except (DataError, TrainingError, OSError, ValueError) as exc:  # ValueError: a --floor dataset not in val
         sys.exit(f"error: {exc}")
