@@ -253,8 +253,8 @@ def interpolation_sweep(start: keras.Model, trained: keras.Model, target: keras.
                         ) -> list[dict]:
     """For each ``a`` of ``alphas``: ``target`` set to ``(1 - a) * start + a * trained`` (same-named layers), scored
     on the validation images by the card's threshold rule (``floors`` included: a score of mean - 1 when no
-    threshold keeps them). One row per ``a``: score, threshold, floors_met and each dataset's F1 there and its own
-    best. ``target`` is left at the last ``a``."""
+    threshold keeps them). One row per ``a``: score, threshold, floors_met, each dataset's F1 there and its own
+    best, and with floors the choice without them (``without_floor``). ``target`` is left at the last ``a``."""
     from model import interpolate_weights
 
     from .metrics import balanced_threshold, dataset_curves, rule_score
@@ -262,12 +262,17 @@ def interpolation_sweep(start: keras.Model, trained: keras.Model, target: keras.
     rows = []
     for alpha in alphas:
         interpolate_weights(start, trained, alpha, target)
-        choice = balanced_threshold(dataset_curves(predict_probabilities(target, images), masks, datasets), floors)
+        curves = dataset_curves(predict_probabilities(target, images), masks, datasets)
+        choice = balanced_threshold(curves, floors)
         rows.append({"alpha": alpha, "score": rule_score(choice),
                      "mean_f1": choice["mean_f1"], "threshold": choice["threshold"],
                      "floors_met": choice["floors_met"],
                      "f1": {k: v["f1"] for k, v in choice["by_dataset"].items()},
                      "best_f1": {k: v["best_f1"] for k, v in choice["by_dataset"].items()}})
+        if floors:  # the same curves without the floors: what the floors cost
+            free = balanced_threshold(curves)
+            rows[-1]["without_floor"] = {"threshold": free["threshold"], "mean_f1": free["mean_f1"],
+                                         "f1": {k: v["f1"] for k, v in free["by_dataset"].items()}}
         print(f"interpolate a={alpha:.2f}: score {rows[-1]['score']:.4f} at t={choice['threshold']:.2f}; "
               + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1]["f1"].items()), flush=True)
     return rows

@@ -149,6 +149,7 @@ def test_fine_tune_deploys_the_interpolation_with_the_best_score(kd_run, monkeyp
     best = max(record["sweep"], key=lambda row: (row["score"], row["alpha"]))
     assert record["alpha"] == best["alpha"] and record["start_sha256"] == sha256(kd_run["deploy"])
     assert out.count("interpolate a=") == 5 and card["floor"] == {dataset: 0.0}
+    assert all(row["without_floor"]["threshold"] == row["threshold"] for row in record["sweep"])  # F1 >= 0: no limit
     assert f"among the thresholds where {dataset} >= 0" in card["threshold_rule"]
     start = load_keras_model(kd_run["deploy"])
     trained = load_keras_model(kd_run["root"] / "student_wise" / "best.keras")
