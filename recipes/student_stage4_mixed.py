@@ -6,7 +6,9 @@ of 1000 tiles, no teacher, BCE + Dice with crack weight 3.
 
 As run (RESULTS.md, "Four-dataset student"): the "aug" arm (runs/mix_aug, from weights/student.keras as shipped before =
 stage 3's bytes), which won its A/B against augment = "none" after 2 epochs and stopped there. Its best.keras is
-stage 5's --init.
+stage 5's --init. It ran at strategy none's T2 = 1 while stage 3 was trained at T2 = 10, which scales the start's
+logits tenfold (Train_3 now warns); a rerun should add t1 = 10, t2 = 10 (RESULTS.md, "At the shipped student's
+temperature").
 """
 # data
 data = "../shared/datasets"
