@@ -48,9 +48,8 @@ read_retries = 20                 # failed reads in a row before a camera / URL 
 quiet = False                     # no per-frame line
 overlap = True                    # read the next frame and post-process (overlay, save, send) the previous one on a
                                   # helper thread while this one is inferred; False: one stage after another
-throughput = "auto"               # on | off: several inference requests in flight (OpenVINO), frames read ahead, still
-                                  # in order; auto: off for a live camera / URL, measured for a folder or a video
-                                  # (10 frames each way, then the faster; the choice is printed)
+throughput = "auto"               # auto: on for a folder or a video file, off for a live camera / URL | on | off:
+                                  # several inference requests in flight (OpenVINO), frames read ahead, still in order
 
 config = configure(globals(), __doc__)
 
@@ -75,7 +74,7 @@ def open_window() -> bool:
         return False
 
 
-THROUGHPUT_CHOICES = {"on": True, "off": False, "auto": None}
+THROUGHPUT_CHOICES = ("auto", "on", "off")
 
 
 def run() -> int:
@@ -141,10 +140,7 @@ def run() -> int:
         outlet = page.outlet(outlet)  # every frame to the page, then to PC.py
     pipeline = FramePipeline(engine, max_side=max_side, saver=saver, send=outlet,
                              device=name, jpeg_quality=jpeg_quality, overlap=overlap, measure=measure,
-                             # auto: measured on a folder / video; a live source keeps the latency path
-                             throughput=THROUGHPUT_CHOICES[throughput] if throughput != "auto" else
-                             (None if frames.kind in ("folder", "video") else False),
-                             report=lambda line: print(line, flush=True))
+                             throughput=throughput == "on" or (throughput == "auto" and frames.kind in ("folder", "video")))
     # islice: no frame beyond --max_frames is read or inferred, even one ahead on the helper thread.
     results = pipeline.results(islice(frames.frames(), max_frames or None))
     count, started, paced, status = 0, time.monotonic(), time.monotonic(), 0

@@ -7,10 +7,6 @@ post-processes (statistics, overlay, save, encode, send) the previous one, so on
 close to the pure inference rate. With ``throughput=True`` (camera.py on a folder or a video file) inference goes
 through ``engine.predict_many`` instead: OpenVINO keeps several requests in flight while the calling thread reads and
 decodes the next frames, and the helper thread post-processes the finished ones; frames still come out in order.
-With ``throughput=None`` (camera.py's ``--throughput=auto`` on a folder or a video) the pipeline measures instead of
-guessing: the first ``trial`` frames go the latency way, the next ``trial`` through the throughput mode, and the
-rest the way that ran more frames per second (which one wins depends on the cores and on what else runs: on an idle
-2-core AMX machine the latency path did, under load the throughput mode did; docs/speed.md).
 Its own module rather than ``sources.py``: it ties engines, measure, viz and
 stream together, while ``sources.py`` stays frame I/O only.
 
@@ -24,7 +20,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from itertools import islice
 from dataclasses import dataclass
 from typing import Callable, Generator, Iterable, Iterator
 
@@ -73,71 +68,20 @@ class FramePipeline:
 
     def __init__(self, engine: Engine, *, max_side: int = 0, saver: OverlaySaver | None = None,
                  send: Callable[[dict, bytes], None] | None = None, device: str = "camera", jpeg_quality: int = 80,
-                 overlap: bool = True, measure: Callable[[np.ndarray], dict] = crack_stats,
-                 throughput: bool | None = False, trial: int = 10, report: Callable[[str], None] | None = None):
+                 overlap: bool = True, measure: Callable[[np.ndarray], dict] = crack_stats, throughput: bool = False):
         # measure: mask -> stats, e.g. functools.partial(measure.frame_stats, settings=...) for millimetres
-        # throughput: inference through engine.predict_many (folders / video files: several requests in flight);
-        # None: measured on the first 2 x ``trial`` frames (see the module); ``report`` gets the one-line choice
+        # throughput: inference through engine.predict_many (folders / video files: several requests in flight)
         self.engine, self.max_side, self.saver, self.send, self.measure = engine, max_side, saver, send, measure
         self.device, self.jpeg_quality, self.overlap, self.throughput = device, jpeg_quality, overlap, throughput
-        self.trial, self.report = max(4, int(trial)), report
-        self.choice: dict | None = None  # throughput=None: {"latency_fps", "throughput_fps", "throughput"} once known
         self._fps, self._last_tick = 0.0, 0.0
 
     def results(self, frames: Iterable[tuple[str, np.ndarray]]) -> Generator[FrameResult, None, None]:
         """Process ``frames`` lazily (overlapped: one frame is read ahead of the one being inferred)."""
         self._fps, self._last_tick = 0.0, time.monotonic()
         iterator = iter(frames)
-        if self.throughput is None:
-            return self._measured(iterator)
-        return self._schedule(bool(self.throughput), iterator)
-
-    def _schedule(self, throughput: bool, frames: Iterator[tuple[str, np.ndarray]],
-                  start: int = 0) -> Generator[FrameResult, None, None]:
-        if throughput:
-            return self._throughput(frames, start)
-        return self._overlapped(frames, start) if self.overlap else self._sequential(frames, start)
-
-    def _measured(self, frames: Iterator[tuple[str, np.ndarray]]) -> Generator[FrameResult, None, None]:
-        # Each trial's rate is its steady state: results from its first (which paid any compile and the pipeline's
-        # fill) to its last one before the trial's frames ran dry (after that the frames in flight drain at once,
-        # more of them in throughput mode, which would flatter the deeper pipeline). It includes the consumer's own
-        # time per frame, as the rest of the run will.
-        rates = {}
-        index = 0
-        for throughput in (False, True):
-            dry = [False]
-
-            def trial_frames():
-                yield from islice(frames, self.trial)
-                dry[0] = True
-
-            times: list[float] = []
-            count = 0
-            trial = self._schedule(throughput, trial_frames(), index)
-            try:
-                for result in trial:
-                    if not dry[0]:
-                        times.append(time.perf_counter())
-                    count += 1
-                    yield result
-                    index += 1
-            finally:
-                trial.close()
-            if count < self.trial or len(times) < 2:  # the frames ran out during the trials: nothing to choose for
-                return
-            rates[throughput] = (len(times) - 1) / max(times[-1] - times[0], 1e-9)
-        winner = rates[True] > rates[False]
-        self.choice = {"latency_fps": rates[False], "throughput_fps": rates[True], "throughput": winner}
-        if self.report:
-            self.report(f"throughput auto: latency path {rates[False]:.2f} FPS, throughput mode {rates[True]:.2f} FPS "
-                        f"over {self.trial} frames each; the rest goes the "
-                        f"{'throughput' if winner else 'latency'} way")
-        rest = self._schedule(winner, frames, index)
-        try:
-            yield from rest
-        finally:
-            rest.close()
+        if self.throughput:
+            return self._throughput(iterator)
+        return self._overlapped(iterator) if self.overlap else self._sequential(iterator)
 
     # -- the stages
     def _read(self, frames: Iterator[tuple[str, np.ndarray]]) -> tuple[str, np.ndarray] | None:
@@ -175,24 +119,22 @@ class FramePipeline:
             self.send(header, encode_jpeg(out, self.jpeg_quality))
         return FrameResult(index, name, mask, stats, infer_ms, fps, out)
 
-    # -- the schedules (``_measured`` above picks one of the last two)
-    def _sequential(self, frames: Iterator[tuple[str, np.ndarray]],
-                    start: int = 0) -> Generator[FrameResult, None, None]:
-        index = start
+    # -- the two schedules
+    def _sequential(self, frames: Iterator[tuple[str, np.ndarray]]) -> Generator[FrameResult, None, None]:
+        index = 0
         while (item := self._read(frames)) is not None:
             name, frame = item
             yield self._finish(index, name, frame, *self._infer(frame))
             index += 1
 
-    def _overlapped(self, frames: Iterator[tuple[str, np.ndarray]],
-                    start: int = 0) -> Generator[FrameResult, None, None]:
+    def _overlapped(self, frames: Iterator[tuple[str, np.ndarray]]) -> Generator[FrameResult, None, None]:
         # One worker runs its tasks in submission order, so saving / sending stay in frame order and at most one
         # read and one post-processing task are ever queued: memory stays bounded whatever the consumer does.
         helper = ThreadPoolExecutor(1, thread_name_prefix=HELPER_THREAD_NAME)
         try:
             upcoming = helper.submit(self._read, frames)
             finishing: Future[FrameResult] | None = None
-            index = start
+            index = 0
             while (item := upcoming.result()) is not None:
                 upcoming = helper.submit(self._read, frames)  # decoded while this frame is inferred
                 name, frame = item
@@ -210,8 +152,7 @@ class FramePipeline:
             # nothing is left running on a source, saver or sender the caller is about to close.
             helper.shutdown(wait=True, cancel_futures=True)
 
-    def _throughput(self, frames: Iterator[tuple[str, np.ndarray]],
-                    start: int = 0) -> Generator[FrameResult, None, None]:
+    def _throughput(self, frames: Iterator[tuple[str, np.ndarray]]) -> Generator[FrameResult, None, None]:
         # The frames read ahead wait here in order until their prediction comes back (at most the engine's requests
         # in flight plus one); ``infer_ms`` is the time between two finished frames (requests overlap).
         waiting: deque[tuple[str, np.ndarray]] = deque()
@@ -225,7 +166,7 @@ class FramePipeline:
         predictions = self.engine.predict_many(images())
         try:
             finishing: Future[FrameResult] | None = None
-            index, last = start, time.perf_counter()
+            index, last = 0, time.perf_counter()
             for prob in predictions:
                 name, frame = waiting.popleft()
                 mask = self.engine.mask(prob)

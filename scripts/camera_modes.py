@@ -1,12 +1,14 @@
 """camera_modes.py: camera.py's three --throughput settings on one folder of real images, side by side.
 
     python scripts/camera_modes.py                                   # 100 validation images, 2 rounds, all modes
-    python scripts/camera_modes.py --images=40 --rounds=3 --json=results/camera_modes.json
+    python scripts/camera_modes.py --images=40 --rounds=3 --json_out=results/camera_modes.json
+    python scripts/camera_modes.py --video=544x384 --json_out=results/camera_modes_video.json   # one frame size
 
 Each round runs ``camera.py --source=FOLDER --headless --quiet`` once per mode (off: the overlapped latency path;
 on: OpenVINO's asynchronous requests; auto: both measured on the first frames, then the faster), in turn, so load
 changes hit every mode alike. The folder holds symbolic links to the first ``--images`` of each dataset of
-``--subset`` in turn (the mixed sizes a survey folder has). The figure is camera.py's own ``done:`` line (frames
+``--subset`` in turn (the mixed sizes a folder of crops has); with ``--video=WxH`` the same images, resized to one
+size, become the frames of an MJPG video at 10 FPS instead (what a road camera records). The figure is camera.py's own ``done:`` line (frames
 over the wall time of its frame loop: the model load is excluded, the first frames' compile is not), and auto's
 ``throughput auto:`` line says what it measured and chose.
 """
@@ -30,6 +32,7 @@ subset = "datasets/splits/val.txt"  # images are taken from this list, the datas
 images = 100
 rounds = 2
 modes = "off,on,auto"             # camera.py --throughput values, run in this order each round
+video = ""                        # WxH: run on a video of the images at this one size instead of the folder
 json_out = "results/camera_modes.json"
 
 config = configure(globals(), __doc__)
@@ -49,6 +52,20 @@ def interleaved(list_file: Path, count: int) -> list[str]:
             if by_set[name] and len(out) < count:
                 out.append(by_set[name].pop(0))
     return out
+
+
+def write_video(images: list[Path], path: str, size: str) -> None:
+    """``images`` resized to ``size`` (WxH) as the frames of an MJPG video at 10 FPS."""
+    import cv2
+
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"error: --video={size}: expected WIDTHxHEIGHT, e.g. 544x384") from None
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (width, height))
+    for image in images:
+        writer.write(cv2.resize(cv2.imread(str(image)), (width, height), interpolation=cv2.INTER_AREA))
+    writer.release()
 
 
 def cpu_line() -> str:
@@ -75,9 +92,13 @@ def main() -> int:
                 print(f"error: {source}: listed in {subset} but not found", file=sys.stderr)
                 return 1
             os.symlink(source, Path(folder) / f"{i:04d}{source.suffix}")
+        target = folder
+        if video:
+            target = str(Path(folder) / "frames.avi")
+            write_video(sorted(Path(folder).iterdir()), target, video)
         for round_ in range(rounds):
             for mode in runs:
-                cmd = [sys.executable, str(ROOT / "camera.py"), f"--source={folder}", "--headless", "--quiet",
+                cmd = [sys.executable, str(ROOT / "camera.py"), f"--source={target}", "--headless", "--quiet",
                        f"--model={model}", f"--precision={precision}", f"--throughput={mode}"]
                 done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
                 found = DONE.search(done.stdout)
@@ -97,7 +118,7 @@ def main() -> int:
 
         atomic_write_json(json_out, {"command": " ".join(["python scripts/camera_modes.py", *sys.argv[1:]]),
                                      "machine": cpu_line(), "model": model, "precision": precision,
-                                     "images": len(entries), "subset": subset, "entries": entries, "mean_fps": summary, "runs": runs})
+                                     "images": len(entries), "subset": subset, "entries": entries, "video": video or None, "mean_fps": summary, "runs": runs})
         print(f"written: {json_out}")
     return 0
 

@@ -107,57 +107,6 @@ def test_throughput_mode_matches_sequential_in_order(tmp_path, tiny_model):
     assert not helper_threads()
 
 
-class ModeCostEngine(DarkPixelEngine):
-    """The dark-pixel engine whose throughput mode (``predict_many``) costs ``many_s`` per image and whose single
-    predictions cost ``single_s``: which schedule is faster is known, so the measured choice can be checked."""
-
-    def __init__(self, single_s: float, many_s: float):
-        super().__init__()
-        self.single_s, self.many_s, self.many_images = single_s, many_s, 0
-
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        time.sleep(self.single_s)
-        return super().predict(image)
-
-    def predict_many(self, images):
-        for image in images:
-            self.many_images += 1
-            time.sleep(self.many_s)
-            yield DarkPixelEngine.predict(self, image)
-
-
-@pytest.mark.parametrize("single_s, many_s, winner", [(0.002, 0.04, False), (0.04, 0.002, True)])
-def test_measured_throughput_picks_the_faster_schedule(single_s, many_s, winner):
-    frames = pavement_frames(16)
-    reference = [r.mask for r in FramePipeline(DarkPixelEngine(), overlap=False).results(frames)]
-    lines: list[str] = []
-    engine = ModeCostEngine(single_s, many_s)
-    pipeline = FramePipeline(engine, throughput=None, trial=6, report=lines.append)
-    with closing(pipeline.results(frames)) as results:
-        out = list(results)
-    # every frame once, in order, numbered on across the two trials and the rest
-    assert [r.index for r in out] == list(range(16)) and [r.name for r in out] == [n for n, _ in frames]
-    for a, b in zip(reference, out):
-        np.testing.assert_array_equal(a, b.mask)
-    assert pipeline.choice["throughput"] is winner
-    assert (pipeline.choice["throughput_fps"] > pipeline.choice["latency_fps"]) is winner
-    assert engine.many_images == (6 + 4 if winner else 6)  # trial 2 always, the rest only when it won
-    assert len(lines) == 1 and lines[0].startswith("throughput auto: latency path")
-    assert not helper_threads()
-
-
-def test_measured_throughput_with_fewer_frames_than_the_trials():
-    frames = pavement_frames(6)
-    pipeline = FramePipeline(ModeCostEngine(0.001, 0.001), throughput=None, trial=4)
-    with closing(pipeline.results(frames)) as results:
-        assert [r.index for r in results] == [0, 1, 2, 3, 4, 5]
-    assert pipeline.choice is None and not helper_threads()
-    pipeline = FramePipeline(ModeCostEngine(0.001, 0.001), throughput=None, trial=4)
-    with closing(pipeline.results(pavement_frames(9))) as results:
-        assert next(results).index == 0  # a consumer that stops during the first trial leaves nothing running
-    assert not helper_threads()
-
-
 def test_max_side_shrinks_before_inference(tmp_path):
     results, headers = run_pipeline(True, pavement_frames(2, 60, 100), tmp_path, max_side=50)
     assert all(r.mask.shape == (30, 50) and r.overlay.shape == (30, 50, 3) for r in results)
@@ -256,3 +205,10 @@ def test_camera_modes_script_runs_each_mode_on_an_interleaved_folder(tmp_path, t
     failed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1 and "0001.png: listed in" in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_camera_refuses_an_unknown_throughput_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "camera.py", f"--source={tmp_path}", "--throughput=yes", "--headless"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: --throughput=yes: expected auto, on or off"
