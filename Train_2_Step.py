@@ -6,7 +6,9 @@
 
 Writes OUT/<split>/<sample id>.npz (crack probability per head, --dtype) + OUT/<split>/manifest.json for the
 train / val (/ test) splits. Re-running resumes; labels from another teacher (or ensemble), T, TTA or dtype are
-refused unless --rebuild. Train_3_Step reads only the train split's labels.
+refused unless --rebuild. Train_3_Step reads only the train split's labels. The val labels are then scored against
+the ground truth by the model card's rule (mean of the datasets' strict F1 at one threshold; kept in the val
+manifest as "quality"): the teacher as the student sees it, ensemble and TTA included.
 Use the same data / lists / val_fraction / seed as Train_1_Step and Train_3_Step.
 """
 import os

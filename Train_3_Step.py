@@ -34,6 +34,7 @@ t0 = None                         # None: the strategy's temperatures; a number 
 t1 = None
 t2 = None
 alpha = 0.9                       # weight of the soft (teacher) loss; 1 - alpha goes to the real-label head
+                                  # (fine-tuning a deployed student without a teacher: 0, see RESULTS.md)
 t1_squared = True                 # scale the soft loss by T1^2 (Hinton) so its gradients do not shrink as 1/T1^2
 # model ----------------------------------------------------------------------------------------------------------
 preset = "student"

@@ -303,6 +303,34 @@ def write_split(predict_logits: Callable[[np.ndarray], dict[str, np.ndarray]] | 
     return {"split": split, "written": len(todo), "skipped": len(ids) - len(todo), "dir": str(split_dir)}
 
 
+def label_quality(split_dir: str | Path, samples: list, read_mask: Callable[[Path], np.ndarray],
+                  datasets: list[str], floors: dict[str, float] | None = None) -> dict:
+    """The labels of one split as a segmentation: their mix head against the ground truth by the model card's
+    threshold rule (``crackseg.metrics.balanced_threshold``: the threshold maximising the mean of the datasets'
+    strict F1). This is the teacher as the student sees it -- ensemble, TTA, temperature and storage included --
+    on the same scale as a student's ``val_score``. Returns ``balanced_threshold``'s dict plus ``images``."""
+    from .metrics import balanced_threshold, threshold_counts
+
+    curves: dict[str, np.ndarray] = {}
+    for sample, name in zip(samples, datasets, strict=True):
+        path = label_path(split_dir, sample.id)
+        mix = read_soft_label(path)[..., HEADS.index("mix")]
+        truth = read_mask(sample.mask)
+        if truth.shape != mix.shape:
+            raise LabelError(f"{path}: label is {mix.shape[1]}x{mix.shape[0]} but its mask {sample.mask} is "
+                             f"{truth.shape[1]}x{truth.shape[0]}")
+        curves[name] = curves.get(name, 0) + threshold_counts(mix, truth)
+    return {**balanced_threshold(curves, floors), "images": len(samples)}
+
+
+def record_quality(split_dir: str | Path, quality: dict) -> None:
+    """Keep ``label_quality``'s result in the split's manifest (``"quality"``), rewritten atomically."""
+    manifest = read_manifest(split_dir)
+    if manifest is None:
+        raise LabelError(f"{Path(split_dir) / MANIFEST}: no manifest to record the label quality in")
+    atomic_write_json(Path(split_dir) / MANIFEST, {**manifest, "quality": quality})
+
+
 def load_split_labels(labels_dir: str | Path, split: str, samples: list, temperature: float,
                       teacher_sha256: str | None = None) -> tuple[list[np.ndarray], dict]:
     """Soft labels of ``samples`` (one (H, W, 4) array each, in order) and the split's manifest.

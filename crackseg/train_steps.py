@@ -213,6 +213,23 @@ def init_temperature(path: str | Path) -> float | None:
     return float(t2) if isinstance(t2, (int, float)) else None
 
 
+def describe_loss_weights(alpha: float, t1: float, t1_squared: bool = True) -> str:
+    """The per-output loss weights of ``distill.kd_losses`` in words: alpha * s / 4 on each of the four soft heads
+    (s = T1^2 with ``t1_squared``), 1 - alpha on the deployed ``real`` head."""
+    soft = alpha * (float(t1) ** 2 if t1_squared else 1.0) / 4
+    return f"loss weights: h, x, y, mix {soft:.4g} each, real {1.0 - alpha:.4g}"
+
+
+def warn_auxiliary_fine_tune(init: str, distill: bool, alpha: float) -> None:
+    """One warning line when a fine-tune without a teacher puts alpha of the loss on the four auxiliary heads (they
+    then learn the ground truth): the deployed head gets only 1 - alpha (measured: DeepCrack's own best 0.804 ->
+    0.780 at alpha 0.9 against 0.792 at alpha 0 after one 500-tile epoch, RESULTS.md)."""
+    if init and not distill and alpha > 0:
+        print(f"warning: fine-tuning {init} without a teacher at alpha={alpha:g}: the h, x, y, mix heads get "
+              f"{alpha:g} of the loss and the deployed head {1 - alpha:g}; --alpha=0 trains the deployed head alone",
+              flush=True)
+
+
 def warn_temperature_change(init: str, t2: float) -> None:
     """One warning line when fine-tuning changes the deployed head's temperature: a student deployed at T2 = 10
     fine-tuned at T2 = 1 sees its probabilities saturate (logits 10x as large), and its first epochs re-learn the
@@ -322,8 +339,8 @@ def make_soft_labels(config: dict) -> list[dict]:
     """Train_2: the teacher's four heads softened at T, written per split (resumable, refusing stale labels).
     ``teacher`` may name several files (comma-separated: an ensemble, logits averaged per head); ``tta`` averages
     the 8 flips / 90-degree rotations too; ``dtype`` is the storage (float32 | float16)."""
-    from .data import load_split, read_image
-    from .distill import HEADS as STORED_HEADS, LabelError, label_source, write_split
+    from .data import dataset_of, load_split, read_image, read_mask
+    from .distill import HEADS as STORED_HEADS, LabelError, label_quality, label_source, record_quality, write_split
     from .io import sha256
     from .preprocess import prepare
 
@@ -363,8 +380,21 @@ def make_soft_labels(config: dict) -> list[dict]:
         except (LabelError, ValueError) as exc:
             raise TrainingError(str(exc)) from None
         print(f"{split}: {report['written']} written, {report['skipped']} already there -> {report['dir']}")
+        if split == "val":  # the teacher as the student will see it, on the scale of Train_3's val_score
+            report["quality"] = label_quality(report["dir"], splits[split], read_mask,
+                                              [dataset_of(s) for s in splits[split]])
+            record_quality(report["dir"], report["quality"])
+            print(format_quality(report["quality"], source["tta"]))
         reports.append(report)
     return reports
+
+
+def format_quality(quality: dict, tta: str = "none") -> str:
+    """One line: the val labels' mean strict F1 over datasets at the balanced threshold, and each dataset's."""
+    parts = ", ".join(f"{name} {part['f1']:.3f} (own best {part['best_f1']:.3f})"
+                      for name, part in quality["by_dataset"].items())
+    return (f"val labels (mix head{', TTA ' + tta if tta != 'none' else ''}) against the ground truth: mean strict "
+            f"F1 {quality['mean_f1']:.4f} at t={quality['threshold']:.2f}; {parts}")
 
 
 def choose_threshold(deployed: keras.Model, images: list, masks: list, datasets: list[str] | None = None,
@@ -420,7 +450,9 @@ def train_student(config: dict) -> dict:
                    "teachers": manifest.get("teachers"), "tta": manifest.get("tta", "none"),
                    "label_dtype": manifest.get("dtype", "float32")}
         print(f"soft labels at T={t1:g} from teacher {manifest['teacher']} ({manifest['teacher_sha256'][:12]})")
-    print(f"strategy {kd['strategy']}: T0={t0:g} T1={t1:g} T2={t2:g}, alpha={config['alpha']}")
+    print(f"strategy {kd['strategy']}: T0={t0:g} T1={t1:g} T2={t2:g}, alpha={config['alpha']}; "
+          + describe_loss_weights(config["alpha"], t1, config["t1_squared"]))
+    warn_auxiliary_fine_tune(config["init"], kd["distill"], config["alpha"])
     # Same seed, same initial weights: a KD run and its no-teacher baseline differ only in their targets.
     keras.utils.set_random_seed(config["seed"])
     overrides = {k: config[k] for k in ("width", "blocks", "block")}

@@ -285,6 +285,11 @@ def teacher_facts(labels: str, own: dict, out: Path) -> dict | None:
                                                        "sha256": manifest["teacher_sha256"]}],
              "tta": manifest.get("tta", "none"), "label_dtype": manifest.get("dtype", "float32"),
              "temperature": manifest["temperature"], "labels": labels, "val_strict_f1": None}
+    val_manifest = read_manifest(Path(REPO, labels, "val"))
+    quality = (val_manifest or {}).get("quality")
+    if quality:  # Train_2's score of the val labels themselves: ensemble and TTA included, the card's rule
+        facts["labels_val"] = {"mean_f1": quality["mean_f1"], "threshold": quality["threshold"],
+                               "by_dataset": {n: p["f1"] for n, p in quality["by_dataset"].items()}}
     if own["teacher_eval"] != "true":
         return facts
     cache_path = out / "teacher_eval.json"
@@ -366,7 +371,10 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
 def format_ablation(results: dict) -> str:
     rows = [(arm, r) for arm in ("kd", "nokd") for r in results["arms"][arm]["runs"]]
     g = results["gain"]
-    return (format_table(rows) + "\n"
+    labels_val = (results.get("teacher") or {}).get("labels_val")
+    teacher = ("" if not labels_val else f"teacher's val labels (the card's rule): mean strict F1 "
+               f"{labels_val['mean_f1']:.4f} at t={labels_val['threshold']:.2f}\n")
+    return (teacher + format_table(rows) + "\n"
             + f"gain KD - no-KD (paired by seed, 95 % t-interval): val strict F1 {format_interval(g['val_strict_f1'])}"
             + f"; test strict F1 {format_interval(g['test_strict_f1'])}\n"
             + f"ship: {results['ship']['arm']} (seed {results['ship']['seed']})")

@@ -12,7 +12,8 @@ import pytest
 from crackseg import distill
 from crackseg.card import CardError, card_path, read_card, write_card
 from crackseg.distill import (HEADS, REAL, STRATEGIES, LabelError, head_probabilities, kd_losses, kd_targets,
-                              label_path, load_split_labels, read_manifest, read_soft_label, resolve_strategy, soften,
+                              label_path, label_quality, load_split_labels, read_manifest,
+                              record_quality, read_soft_label, resolve_strategy, soften,
                               two_class, write_soft_label, write_split)
 from crackseg.io import sha256
 
@@ -21,6 +22,7 @@ from crackseg.io import sha256
 class FakeSample:
     id: str
     image: Path
+    mask: Path | None = None
 
 
 # ---------------------------------------------------------------------------------------------- softening
@@ -169,6 +171,39 @@ def test_load_split_labels_checks_temperature_teacher_and_completeness(tmp_path)
         load_split_labels(tmp_path, "train", samples, 10.0)
     with pytest.raises(LabelError, match="run Train_2_Step.py first"):
         load_split_labels(tmp_path, "val", samples, 10.0)
+
+
+def test_label_quality_scores_the_mix_head_by_the_card_rule(tmp_path):
+    # Two datasets of one 1x4 image each. "A": crack at pixels 0-1, mix 0.9 0.6 0.3 0.1; "B": crack at pixel 0,
+    # mix 0.7 0.4 0.2 0.2. A scores F1 1 for thresholds in (0.3, 0.6], B in (0.4, 0.7] (prob >= t is a crack), so
+    # the mean is 1 on (0.4, 0.6] and the rule takes the sweep's first such threshold, 0.41 (0.40 adds B's 0.4
+    # pixel: B's F1 2/3).
+    mixes = {"A": [0.9, 0.6, 0.3, 0.1], "B": [0.7, 0.4, 0.2, 0.2]}
+    truths = {"A": [1, 1, 0, 0], "B": [1, 0, 0, 0]}
+    samples = []
+    for name in mixes:
+        crack = np.zeros((1, 4, 4), np.float32)
+        crack[..., HEADS.index("mix")] = mixes[name]
+        crack[..., HEADS.index("h")] = 1.0 - np.array(mixes[name])  # another head: must not be scored
+        write_soft_label(label_path(tmp_path, f"{name}.png"), crack)
+        samples.append(FakeSample(f"{name}.png", Path(f"{name}.png"), Path(name)))
+    read_mask = lambda path: np.array([truths[path.name]], bool)  # noqa: E731
+    quality = label_quality(tmp_path, samples, read_mask, ["A", "B"])
+    assert quality["images"] == 2 and quality["mean_f1"] == pytest.approx(1.0)
+    assert quality["threshold"] == pytest.approx(0.41) and quality["floors_met"]
+    assert quality["by_dataset"]["A"]["f1"] == pytest.approx(1.0)
+    # with a floor that cannot be kept (F1 > 1), the rule says so
+    assert not label_quality(tmp_path, samples, read_mask, ["A", "B"], {"A": 1.1})["floors_met"]
+
+    write_split(lambda image: {h: np.zeros((1, 1, 4, 2), np.float32) for h in HEADS}, samples,
+                lambda path: np.zeros((1, 4, 3), np.uint8), tmp_path / "labels", "val", "t.keras", "sha", 1.0,
+                progress=False)
+    record_quality(tmp_path / "labels" / "val", quality)
+    assert read_manifest(tmp_path / "labels" / "val")["quality"]["mean_f1"] == pytest.approx(1.0)
+    with pytest.raises(LabelError, match="A.png.npz: label is 4x1 but its mask A is 3x1"):
+        label_quality(tmp_path, samples, lambda path: np.zeros((1, 3), bool), ["A", "B"])
+    with pytest.raises(LabelError, match="no manifest"):
+        record_quality(tmp_path / "nowhere", quality)
 
 
 def test_unreadable_and_escaping_labels_are_refused(tmp_path):

@@ -154,8 +154,9 @@ def test_train2_writes_ensemble_tta_labels(tiny_setup, monkeypatch, capsys):
     s = tiny_setup
     teachers = ",".join(map(str, s["teachers"]))
     out = in_process(monkeypatch, capsys, "Train_2_Step.py", f"--teacher={teachers}", "--tta", f"--data={s['data']}",
-                     f"--lists={s['lists']}", "--splits=train", f"--out={s['labels']}")
-    assert "train: 4 written" in out
+                     f"--lists={s['lists']}", "--splits=train,val", f"--out={s['labels']}")
+    assert "train: 4 written" in out and "val: 2 written" in out
+    assert "val labels (mix head, TTA d4) against the ground truth: mean strict F1" in out
     manifest = read_manifest(s["labels"] / "train")
     shas = [sha256(p) for p in s["teachers"]]
     assert manifest["teacher_sha256"] == ensemble_sha256(shas) and manifest["tta"] == "d4"
@@ -191,6 +192,7 @@ def test_ablation_two_seeds_resumes_after_a_kill_and_refuses_another_recipe(tiny
     assert [c[1:3] for c in calls] == [["--strategy=none", "--seed=1"]]
     assert sorted(evaluations) == [("nokd_seed1", 2), ("nokd_seed1", 2)]
     assert "gain KD - no-KD (paired by seed, 95 % t-interval)" in printed and "ship: " in printed
+    assert "teacher's val labels (the card's rule): mean strict F1" in printed  # Train_2's score of the labels
     assert "kd_seed0: finished, not trained again" in printed
     first = calls[0]
     assert "--epochs=1" in first and "--width=4" in first and f"--lists={s['lists']}" in first  # passed through
@@ -201,6 +203,8 @@ def test_ablation_two_seeds_resumes_after_a_kill_and_refuses_another_recipe(tiny
     assert r["teacher"]["sha256"] == ensemble_sha256(shas) and r["teacher"]["tta"] == "d4"
     assert [t["sha256"] for t in r["teacher"]["teachers"]] == shas
     assert r["teacher"]["val_strict_f1"] is None and r["teacher"]["teachers"][0]["val"]["images"] == 2
+    labels_val = r["teacher"]["labels_val"]
+    assert 0.0 <= labels_val["mean_f1"] <= 1.0 and 0.0 < labels_val["threshold"] < 1.0 and labels_val["by_dataset"]
     for arm in ("kd", "nokd"):
         runs = r["arms"][arm]["runs"]
         assert [x["seed"] for x in runs] == [0, 1]

@@ -261,6 +261,21 @@ def test_fine_tuning_at_another_temperature_warns(tmp_path, capsys):
     assert line.startswith("warning: --init=") and "T2=10" in line and "--t2=10" in line and "\n" not in line
 
 
+def test_fine_tuning_without_a_teacher_on_the_auxiliary_heads_warns(capsys):
+    from crackseg.train_steps import describe_loss_weights, warn_auxiliary_fine_tune
+
+    # kd_losses: alpha * T1^2 / 4 on each soft head, 1 - alpha on real
+    assert describe_loss_weights(0.9, 10.0) == "loss weights: h, x, y, mix 22.5 each, real 0.1"
+    assert describe_loss_weights(0.9, 10.0, t1_squared=False) == "loss weights: h, x, y, mix 0.225 each, real 0.1"
+    assert describe_loss_weights(0.0, 10.0) == "loss weights: h, x, y, mix 0 each, real 1"
+    for init, distill, alpha in (("student.keras", False, 0.0), ("", False, 0.9), ("student.keras", True, 0.9)):
+        warn_auxiliary_fine_tune(init, distill, alpha)  # alpha 0, no --init, or a teacher: nothing to say
+    assert capsys.readouterr().out == ""
+    warn_auxiliary_fine_tune("student.keras", False, 0.9)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("warning: fine-tuning student.keras") and "--alpha=0" in line and "\n" not in line
+
+
 def prepare_one(image):
     from crackseg.preprocess import prepare
 

@@ -60,6 +60,10 @@ def test_train2_writes_labels_for_each_split(kd_run):
     labels = kd_run["labels"]
     assert "train: 11 written, 0 already there" in kd_run["train2"]
     assert "val: 1 written" in kd_run["train2"] and "test: no images" in kd_run["train2"]
+    # the val labels are scored against the ground truth (the card's rule) and the score kept in their manifest
+    quality = json.loads((labels / "val" / "manifest.json").read_text())["quality"]
+    assert quality["images"] == 1 and 0.0 <= quality["mean_f1"] <= 1.0
+    assert f"mean strict F1 {quality['mean_f1']:.4f} at t={quality['threshold']:.2f}" in kd_run["train2"]
     for split, n in (("train", 11), ("val", 1)):
         manifest = json.loads((labels / split / "manifest.json").read_text())
         assert manifest["temperature"] == 10.0 and manifest["split"] == split and len(manifest["images"]) == n
@@ -112,6 +116,8 @@ def test_no_teacher_baseline_trains_the_same_student(kd_run, monkeypatch, capsys
                          "--labels=/nonexistent", *TINY, *FAST, f"--out={kd_run['root'] / 'student_nokd'}",
                          f"--deploy={deploy}")
     assert "strategy none: T0=0 T1=1 T2=1" in out
+    assert "loss weights: h, x, y, mix 0.225 each, real 0.1" in out  # alpha 0.9 * T1^2 1 / 4 heads; 1 - alpha
+    assert "warning: fine-tuning" not in out  # no --init: nothing to warn about
     card = json.loads(deploy.with_suffix(".json").read_text())
     assert card["strategy"] == "none" and card["teacher"] is None
     assert card["params"] == json.loads(kd_run["deploy"].with_suffix(".json").read_text())["params"]
