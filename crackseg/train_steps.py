@@ -381,9 +381,12 @@ def make_soft_labels(config: dict) -> list[dict]:
             raise TrainingError(str(exc)) from None
         print(f"{split}: {report['written']} written, {report['skipped']} already there -> {report['dir']}")
         if split == "val":  # the teacher as the student will see it, on the scale of Train_3's val_score
-            report["quality"] = label_quality(report["dir"], splits[split], read_mask,
-                                              [dataset_of(s) for s in splits[split]])
-            record_quality(report["dir"], report["quality"])
+            try:
+                report["quality"] = label_quality(report["dir"], splits[split], read_mask,
+                                                  [dataset_of(s) for s in splits[split]])
+                record_quality(report["dir"], report["quality"])
+            except LabelError as exc:
+                raise TrainingError(str(exc)) from None
             print(format_quality(report["quality"], source["tta"]))
         reports.append(report)
     return reports
