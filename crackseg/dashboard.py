@@ -448,9 +448,13 @@ function apply(msg) {
   document.getElementById("count").textContent = n + (n === 1 ? " device" : " devices");
   const box = document.getElementById("rejected");
   const reasons = Object.entries(msg.rejected);
-  box.textContent = "";
-  if (!reasons.length) box.textContent = "none";
-  for (const [k, v] of reasons) box.append(el("span", {"class": "r-" + k}, k + " " + v));
+  const key = JSON.stringify(reasons);
+  if (box.dataset.key !== key) {  // rebuilt only on change, so the totals do not flicker with every frame
+    box.dataset.key = key;
+    box.textContent = "";
+    if (!reasons.length) box.textContent = "none";
+    for (const [k, v] of reasons) box.append(el("span", {"class": "r-" + k}, k + " " + v));
+  }
   ages();
 }
 

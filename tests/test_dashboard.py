@@ -266,16 +266,21 @@ def test_browser_shows_two_live_devices(procs, media, tiny_model, browser, tmp_p
     tiles = browser.find_elements(By.CSS_SELECTOR, ".tile")
     assert sorted(t.get_attribute("data-device") for t in tiles) == ["cam-a", "cam-b"]
 
+    def text(selector: str) -> str | None:
+        """The element's text in one script call: a separate find and read races the page's updates."""
+        return browser.execute_script(
+            "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", selector)
+
     def frames(name: str) -> int:
-        text = browser.find_element(By.CSS_SELECTOR, f'.tile[data-device="{name}"] .v-frames').text
-        return int(text) if text.isdigit() else -1
+        value = text(f'.tile[data-device="{name}"] .v-frames') or ""
+        return int(value) if value.isdigit() else -1
 
     before = {name: frames(name) for name in ("cam-a", "cam-b")}
     WebDriverWait(browser, 30).until(lambda d: all(frames(n) > before[n] for n in before))
     assert browser.execute_script("return window.__sameDocument === true;"), "the page reloaded"
     WebDriverWait(browser, 10).until(lambda d: d.execute_script(
         "return [...document.querySelectorAll('.tile img')].every(i => i.complete && i.naturalWidth > 0);"))
-    assert browser.find_element(By.CSS_SELECTOR, '.tile[data-device="cam-a"] .state').text == "online"
+    assert text('.tile[data-device="cam-a"] .state') == "online"
     drawn = browser.execute_script("""
         const c = document.querySelector('.tile[data-device="cam-b"] canvas');
         const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -288,9 +293,7 @@ def test_browser_shows_two_live_devices(procs, media, tiny_model, browser, tmp_p
     push.connect(f"tcp://127.0.0.1:{port}")
     push.send_multipart([b"{not json", b"xx"])
     push.close()
-    WebDriverWait(browser, 15).until(
-        lambda d: d.find_elements(By.CSS_SELECTOR, "#rejected .r-header_json")
-        and d.find_element(By.CSS_SELECTOR, "#rejected .r-header_json").text == "header_json 1")
+    WebDriverWait(browser, 15).until(lambda d: text("#rejected .r-header_json") == "header_json 1")
     assert browser.find_element(By.ID, "conn").text == "live"
     shot = tmp_path / "dashboard.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 5000
