@@ -10,6 +10,8 @@ Definitions (crack = probability >= threshold; counts are summed over the datase
 * mIoU: mean of the strict crack IoU and background IoU.
 * ODS F1: the best dataset (strict) F1 over thresholds 0.01..0.99; OIS F1: the mean over images of each
   image's best strict F1 over the same thresholds.
+* interval: a 95 % interval of the strict and tolerant F1 from resampling the images with replacement (bootstrap,
+  seeded, so a report is reproducible): how far the figure could move on another draw of images like these.
 
 Empty cases: when an image (or dataset) has neither true nor predicted crack pixels, P = R = F1 = IoU = 1;
 otherwise a ratio whose denominator is 0 is 0.
@@ -81,6 +83,30 @@ def threshold_counts(prob: np.ndarray, truth: np.ndarray, thresholds: np.ndarray
     return np.stack([tp, fp, pos.size - tp], axis=1).astype(np.int64)
 
 
+def f1_interval(image_counts: np.ndarray, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """Bootstrap interval of the (micro-averaged) strict and tolerant F1 over images. ``image_counts``: one row per
+    image, columns (tp, fp, fn, tol_tp, tol_fp, tol_hit, truth) as ``counts`` gives them. Each resample draws as
+    many images as there are, with replacement (multinomial weights per image), and sums their counts. Returns
+    ``{"level", "resamples", "strict_f1": [low, high], "tolerant_f1": [low, high]}``."""
+    c = np.asarray(image_counts, np.float64).reshape(-1, 7)
+    n = len(c)
+    if n == 0:
+        raise ValueError("no images to resample")
+    rng = np.random.default_rng(seed)
+    strict, tolerant = [], []
+    for start in range(0, resamples, 250):  # chunks keep the weight matrix small for thousands of images
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=min(250, resamples - start))
+        tp, fp, fn, tol_tp, tol_fp, tol_hit, truth = (weights @ c).T
+        strict.append(_f1_from_tpfpfn(np.stack([tp, fp, fn], axis=-1)))
+        p = np.where(tol_tp + tol_fp > 0, tol_tp / np.maximum(tol_tp + tol_fp, 1), 0.0)
+        r = np.where(truth > 0, tol_hit / np.maximum(truth, 1), 0.0)
+        tol = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+        tolerant.append(np.where(tp + fp + fn == 0, 1.0, tol))  # nothing true and nothing predicted: 1, as scores()
+    tail = (1.0 - level) / 2 * 100
+    bounds = lambda v: [float(x) for x in np.percentile(np.concatenate(v), [tail, 100 - tail])]  # noqa: E731
+    return {"level": level, "resamples": int(resamples), "strict_f1": bounds(strict), "tolerant_f1": bounds(tolerant)}
+
+
 def _f1_from_tpfpfn(t: np.ndarray) -> np.ndarray:
     tp, fp, fn = t[..., 0].astype(float), t[..., 1].astype(float), t[..., 2].astype(float)
     den = 2 * tp + fp + fn
@@ -95,6 +121,7 @@ class MetricAccumulator:
         self.total = dict.fromkeys(COUNT_KEYS, 0)
         self.per_threshold = np.zeros((len(THRESHOLDS), 3), np.int64)
         self.best_image_f1: list[float] = []
+        self.image_counts: list[tuple[int, ...]] = []  # per image, for the bootstrap interval
 
     def update(self, prob: np.ndarray, truth: np.ndarray) -> dict[str, int]:
         """Add one image: ``prob`` crack probability HxW in [0, 1] (or a binary mask), ``truth`` boolean HxW."""
@@ -104,6 +131,7 @@ class MetricAccumulator:
         c = counts(prob >= self.threshold, truth, self.distance)
         for k in COUNT_KEYS:
             self.total[k] += c[k]
+        self.image_counts.append(tuple(c[k] for k in ("tp", "fp", "fn", "tol_tp", "tol_fp", "tol_hit", "truth")))
         t = threshold_counts(prob, truth)
         self.per_threshold += t
         self.best_image_f1.append(float(_f1_from_tpfpfn(t).max()))
@@ -116,7 +144,8 @@ class MetricAccumulator:
         return {"images": len(self.best_image_f1), "threshold": self.threshold,
                 "strict": s["strict"], "tolerant": {**s["tolerant"], "distance": self.distance},
                 "ods_f1": float(f1_curve[best]), "ods_threshold": float(THRESHOLDS[best]),
-                "ois_f1": float(np.mean(self.best_image_f1)) if self.best_image_f1 else 0.0, "miou": s["miou"]}
+                "ois_f1": float(np.mean(self.best_image_f1)) if self.best_image_f1 else 0.0, "miou": s["miou"],
+                **({"interval": f1_interval(np.array(self.image_counts))} if self.image_counts else {})}
 
 
 def evaluate_arrays(probs, truths, threshold: float = 0.5, distance: int = 2) -> dict:
@@ -175,4 +204,9 @@ def format_report(r: dict) -> str:
         rows.append(f"{label:10s}" + "".join(f"{m[k]:10.4f}" for k in ("precision", "recall", "f1", "iou")))
     rows.append(f"ODS F1 {r['ods_f1']:.4f} (t={r['ods_threshold']:.2f})  OIS F1 {r['ois_f1']:.4f}  "
                 f"mIoU {r['miou']:.4f}" + (f"  {r['fps']:.2f} images/s" if r.get("fps") else ""))
+    if r.get("interval"):
+        i = r["interval"]
+        rows.append(f"{i['level']:.0%} interval (images resampled {i['resamples']}x): strict F1 "
+                    f"{i['strict_f1'][0]:.4f}-{i['strict_f1'][1]:.4f}, tolerant F1 "
+                    f"{i['tolerant_f1'][0]:.4f}-{i['tolerant_f1'][1]:.4f}")
     return "\n".join(rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crackseg.metrics import MetricAccumulator, counts, dilate, evaluate_arrays, scores
+from crackseg.metrics import MetricAccumulator, counts, dilate, evaluate_arrays, f1_interval, format_report, scores
 
 
 def _mask(shape, *pixels):
@@ -148,6 +148,31 @@ def test_ods_and_ois_on_hand_made_probability_maps():
     assert r["ods_threshold"] == pytest.approx(0.11)
     # at the default 0.5: tp 2, fp 1, fn 1
     assert r["strict"]["f1"] == pytest.approx(4 / 6)
+
+
+def test_bootstrap_interval_of_two_images_spans_their_three_resamples():
+    # resampling two images: AA (1/4) F1 1, AB (1/2) F1 2*10/(20+10) = 2/3, BB (1/4) F1 0 -> the 95 % interval
+    # runs from BB to AA; A is found perfectly, B (10 crack pixels) not at all
+    found = np.zeros((4, 5), bool)
+    found[:2] = True
+    r = evaluate_arrays([found.astype(np.float32), np.zeros((4, 5), np.float32)], [found, found], distance=0)
+    assert r["strict"]["f1"] == pytest.approx(2 / 3)
+    assert r["interval"]["strict_f1"] == [0.0, 1.0]
+    assert r["interval"]["tolerant_f1"] == [0.0, 1.0]
+    assert "95% interval (images resampled 1000x): strict F1 0.0000-1.0000" in format_report(r)
+
+
+def test_bootstrap_interval_collapses_on_identical_images_and_is_reproducible():
+    # ten copies of one image (tp 3, fp 1, fn 2; tolerant tp 4, fp 0, hit 5 of 5): every resample gives its F1
+    one = (3, 1, 2, 4, 0, 5, 5)
+    r = f1_interval(np.array([one] * 10))
+    assert r["strict_f1"] == pytest.approx([6 / 9, 6 / 9])
+    assert r["tolerant_f1"] == pytest.approx([1.0, 1.0])
+    mixed = np.array([one, (0, 4, 6, 0, 4, 0, 6), (5, 0, 0, 5, 0, 5, 5)] * 4)
+    a, b = f1_interval(mixed), f1_interval(mixed)
+    assert a == b and a["strict_f1"][0] < 16 / 29 < a["strict_f1"][1]  # pooled: tp 8, fp 5, fn 8 per three
+    with pytest.raises(ValueError, match="no images"):
+        f1_interval(np.zeros((0, 7)))
 
 
 def test_accumulator_rejects_mismatched_shapes():
