@@ -23,7 +23,7 @@ masks = ""                        # or: a folder of crack masks made elsewhere (
 images = ""                       # with --masks: the photos (same stems) for the thumbnails; "": the masks are drawn
 model = "weights/student.onnx"    # .onnx | .engine | .keras | preset name (with --source)
 backend = "auto"                  # auto | openvino | onnx | tensorrt | keras
-precision = ""                    # "": open_engine's default | auto | fp32 | bf16 | int8 (OpenVINO; see camera.py)
+precision = "auto"                # auto (the fastest accurate one for this CPU) | fp32 | bf16 | int8 (see camera.py)
 threshold = None                  # None: from the model card
 max_side = 0                      # infer at most this long side (the mask is scaled back to the photo; 0: as read)
 mm_per_px = 0.0                   # millimetres per pixel of the photos (0: report in pixels, severity not graded)
@@ -78,7 +78,7 @@ def run() -> int:
             total, items = mask_frames(masks, images or None, every)
         else:
             frames, total, read = source_frames(source, every)
-            engine = open_engine(model, backend, threshold, **({"precision": precision} if precision else {}))
+            engine = open_engine(model, backend, threshold, precision=precision)
             print(f"model: {engine.describe()}; source: {frames.kind} {source}", flush=True)
             report.meta.update(model=model, model_description=engine.describe(), threshold=engine.threshold,
                                every=every, max_side=max_side)

@@ -232,6 +232,7 @@ def test_video_with_the_shipped_model_every_nth_frame(tmp_path):
     doc = json.loads((out / "report.json").read_text())
     assert doc["settings"]["model"] == str(model) and 0 < doc["settings"]["threshold"] < 1
     assert doc["settings"]["every"] == 2
+    assert "auto: " in doc["settings"]["model_description"]  # --precision=auto by default, with its reason
 
 
 # ---------------------------------------------------------------------------------------------- browser
