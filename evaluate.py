@@ -3,6 +3,8 @@
     python evaluate.py --model weights/student.keras --images DIR --masks DIR [--json OUT.json]
     python evaluate.py --pred DIR --masks DIR [--json OUT.json]
     python evaluate.py --model weights/student.keras --data ../shared/datasets --subset datasets/splits/val.txt
+    python evaluate.py --model weights/student.keras --compare runs/new/student.keras --data ../shared/datasets \
+                       --subset datasets/splits/val.txt            # is the new model better on these images?
 
 --model: any format crackseg.engines opens (.keras, .onnx, TensorRT .engine); threshold from its model card unless
 --threshold. --pred: PNG/BMP/TIFF probability maps (8-bit: value / 255, 16-bit: value / 65535, float TIFF in
@@ -16,7 +18,8 @@ datasets (the folder holding each image folder, e.g. CrackForest, DeepCrack), ea
 Prints a table (strict / tolerant P R F1 IoU, ODS, OIS, mIoU, images/s) and writes it as JSON with --json
 (per-dataset reports under "by_dataset"). With --model, images/s is the throughput over the whole folder (decode,
 inference and scoring overlapped; --no-throughput: one image after another) and the single-image latency is
-printed beside it.
+printed beside it. --compare=B: B against --model (A) on the same images, B - A strict / tolerant F1 with a paired
+bootstrap interval overall and per dataset; the JSON holds both reports ("a", "b") and "difference".
 """
 import os
 
@@ -39,17 +42,21 @@ precision = "auto"    # --model only: auto (the fastest accurate one for this CP
 throughput = True     # --model only: several asynchronous requests in flight (OpenVINO), decoding overlapped;
                       # images/s of the whole folder, plus the single-image latency. False: one image at a time
 subset = None         # a split list file: evaluate only the images it names
+compare = None        # --model only: a second model file on the same images; prints B - A (B = this file) with a
+                      # paired 95 % bootstrap interval, overall and per dataset (is a fine-tune really better?)
 
 config = configure(globals(), __doc__)
 
 from crackseg.data import DataError  # noqa: E402
 from crackseg.engines import EngineError  # noqa: E402
-from crackseg.evaluation import (dataset_pairs, evaluate_model, evaluate_predictions, folder_pairs,  # noqa: E402
-                                 format_reports)
+from crackseg.evaluation import (compare_models, dataset_pairs, evaluate_model, evaluate_predictions,  # noqa: E402
+                                 folder_pairs, format_comparison, format_reports)
 from crackseg.io import atomic_write_json  # noqa: E402
 
 
 def main(config: dict) -> dict:
+    if config["compare"] and not config["model"]:
+        raise SystemExit("error: --compare needs --model (the two model files are compared on the same images)")
     if bool(config["model"]) == bool(config["pred"]):
         raise SystemExit("error: give either --model (with --images) or --pred, and --masks; --help explains")
     if config["data"] and (config["images"] or config["masks"]):
@@ -64,7 +71,11 @@ def main(config: dict) -> dict:
         else:
             pairs = folder_pairs(config["pred"] or config["images"], config["masks"],
                                  "prediction" if config["pred"] else "image", config["subset"])
-        if config["model"]:
+        if config["compare"]:
+            report = compare_models(config["model"], config["compare"], pairs, config["threshold"],
+                                    config["distance"], config["backend"], config["precision"])
+            print(f"model A: {report['a']['described']}\nmodel B: {report['b']['described']}")
+        elif config["model"]:
             report = evaluate_model(config["model"], pairs, config["threshold"], config["distance"],
                                     config["backend"], config["precision"], config["throughput"])
             print(f"model: {report['described']}")
@@ -72,7 +83,7 @@ def main(config: dict) -> dict:
             report = evaluate_predictions(pairs, config["threshold"], config["distance"])
     except (DataError, EngineError) as exc:  # bad input: one line naming the file, not a traceback
         raise SystemExit(f"error: {exc}") from None
-    print(format_reports(report))
+    print(format_comparison(report) if config["compare"] else format_reports(report))
     if report.get("mode") == "throughput":
         print(f"speed: {report['fps']:.2f} images/s over {report['images']} images (throughput mode), single-image "
               f"latency {report['latency_ms']:.0f} ms ({1000 / report['latency_ms']:.2f} images/s)")

@@ -83,28 +83,69 @@ def threshold_counts(prob: np.ndarray, truth: np.ndarray, thresholds: np.ndarray
     return np.stack([tp, fp, pos.size - tp], axis=1).astype(np.int64)
 
 
+def _resampled_f1(weights: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Strict and tolerant F1 of each resample: ``weights`` (resamples, images) times per-image counts ``c``
+    (images, 7: tp, fp, fn, tol_tp, tol_fp, tol_hit, truth), with the conventions of ``scores``."""
+    tp, fp, fn, tol_tp, tol_fp, tol_hit, truth = (weights @ c).T
+    strict = _f1_from_tpfpfn(np.stack([tp, fp, fn], axis=-1))
+    p = np.where(tol_tp + tol_fp > 0, tol_tp / np.maximum(tol_tp + tol_fp, 1), 0.0)
+    r = np.where(truth > 0, tol_hit / np.maximum(truth, 1), 0.0)
+    tol = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+    return strict, np.where(tp + fp + fn == 0, 1.0, tol)  # nothing true and nothing predicted: 1, as scores()
+
+
+def _bootstrap(image_counts: list[np.ndarray], resamples: int, seed: int) -> tuple[list[np.ndarray], ...]:
+    """(strict F1, tolerant F1) of every resample for each of the count tables, all resampled with the same
+    multinomial image weights (so tables of two models on the same images stay paired)."""
+    tables = [np.asarray(c, np.float64).reshape(-1, 7) for c in image_counts]
+    n = len(tables[0])
+    if n == 0:
+        raise ValueError("no images to resample")
+    if any(len(t) != n for t in tables):
+        raise ValueError(f"paired count tables differ in length: {[len(t) for t in tables]}")
+    rng = np.random.default_rng(seed)
+    strict: list[list[np.ndarray]] = [[] for _ in tables]
+    tolerant: list[list[np.ndarray]] = [[] for _ in tables]
+    for start in range(0, resamples, 250):  # chunks keep the weight matrix small for thousands of images
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=min(250, resamples - start))
+        for i, table in enumerate(tables):
+            s, t = _resampled_f1(weights, table)
+            strict[i].append(s)
+            tolerant[i].append(t)
+    return [np.concatenate(v) for v in strict], [np.concatenate(v) for v in tolerant]
+
+
+def _bounds(values: np.ndarray, level: float) -> list[float]:
+    tail = (1.0 - level) / 2 * 100
+    return [float(x) for x in np.percentile(values, [tail, 100 - tail])]
+
+
 def f1_interval(image_counts: np.ndarray, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
     """Bootstrap interval of the (micro-averaged) strict and tolerant F1 over images. ``image_counts``: one row per
     image, columns (tp, fp, fn, tol_tp, tol_fp, tol_hit, truth) as ``counts`` gives them. Each resample draws as
     many images as there are, with replacement (multinomial weights per image), and sums their counts. Returns
     ``{"level", "resamples", "strict_f1": [low, high], "tolerant_f1": [low, high]}``."""
-    c = np.asarray(image_counts, np.float64).reshape(-1, 7)
-    n = len(c)
-    if n == 0:
-        raise ValueError("no images to resample")
-    rng = np.random.default_rng(seed)
-    strict, tolerant = [], []
-    for start in range(0, resamples, 250):  # chunks keep the weight matrix small for thousands of images
-        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=min(250, resamples - start))
-        tp, fp, fn, tol_tp, tol_fp, tol_hit, truth = (weights @ c).T
-        strict.append(_f1_from_tpfpfn(np.stack([tp, fp, fn], axis=-1)))
-        p = np.where(tol_tp + tol_fp > 0, tol_tp / np.maximum(tol_tp + tol_fp, 1), 0.0)
-        r = np.where(truth > 0, tol_hit / np.maximum(truth, 1), 0.0)
-        tol = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
-        tolerant.append(np.where(tp + fp + fn == 0, 1.0, tol))  # nothing true and nothing predicted: 1, as scores()
-    tail = (1.0 - level) / 2 * 100
-    bounds = lambda v: [float(x) for x in np.percentile(np.concatenate(v), [tail, 100 - tail])]  # noqa: E731
-    return {"level": level, "resamples": int(resamples), "strict_f1": bounds(strict), "tolerant_f1": bounds(tolerant)}
+    (strict,), (tolerant,) = _bootstrap([image_counts], resamples, seed)
+    return {"level": level, "resamples": int(resamples), "strict_f1": _bounds(strict, level),
+            "tolerant_f1": _bounds(tolerant, level)}
+
+
+def paired_f1_difference(counts_a: np.ndarray, counts_b: np.ndarray, resamples: int = 1000, level: float = 0.95,
+                         seed: int = 0) -> dict:
+    """F1 of B minus F1 of A on the same images, with a paired bootstrap interval: every resample draws the same
+    images for both, so what makes an image hard cancels and the interval is narrower than the two separate ones.
+    ``counts_a`` / ``counts_b``: per-image count rows as in ``f1_interval``, in the same image order. Returns
+    ``{"level", "resamples", "images", "strict_f1": {"difference", "interval": [low, high], "b_better"}, "tolerant_f1":
+    {...}}``; ``b_better`` is the fraction of resamples in which B scores higher."""
+    a, b = (np.asarray(c, np.float64).reshape(-1, 7) for c in (counts_a, counts_b))
+    (sa, sb), (ta, tb) = _bootstrap([a, b], resamples, seed)
+    out = {"level": level, "resamples": int(resamples), "images": len(a)}
+    full = np.ones((1, len(a)))
+    for name, (ra, rb), index in (("strict_f1", (sa, sb), 0), ("tolerant_f1", (ta, tb), 1)):
+        point = _resampled_f1(full, b)[index][0] - _resampled_f1(full, a)[index][0]
+        out[name] = {"difference": float(point), "interval": _bounds(rb - ra, level),
+                     "b_better": float(np.mean(rb > ra))}
+    return out
 
 
 def _f1_from_tpfpfn(t: np.ndarray) -> np.ndarray:

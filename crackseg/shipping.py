@@ -201,14 +201,45 @@ def stage_history(model: str | Path) -> list[dict]:
     return stages[::-1]
 
 
-def card_info(model: Path) -> dict:
+def ablation_choice(results: str | Path) -> tuple[Path, dict]:
+    """The run a KD ablation (``scripts/kd_ablation.py``'s results file) chose to ship, and what its card records
+    about the choice: the arm, the seed, the rule, the teacher (hash) and the measured gain with its interval. The
+    file must still be the bytes the ablation scored."""
+    path = Path(results)
+    found = _read_json(path, "run scripts/kd_ablation.py first")
+    choice = found.get("ship") or {}
+    if not choice.get("model"):
+        raise ShipError(f"{path}: the ablation has chosen no run to ship yet (no finished run with a validation score)")
+    model = Path(choice["model"])
+    model = model if model.is_absolute() else ROOT / model
+    runs = {r["seed"]: r for r in found.get("arms", {}).get(choice["arm"], {}).get("runs", [])}
+    entry = runs.get(choice["seed"])
+    if entry is None:
+        raise ShipError(f"{path}: the chosen run ({choice['arm']}, seed {choice['seed']}) is not among its runs")
+    if not model.is_file():
+        raise ShipError(f"{model}: the ablation's chosen student is missing (its run folder did not survive?)")
+    if sha256(model) != entry["sha256"]:
+        raise ShipError(f"{model}: sha256 differs from the one the ablation scored; re-run scripts/kd_ablation.py")
+    teacher = found.get("teacher") or {}
+    facts = {"arm": choice["arm"], "seed": choice["seed"], "rule": choice["rule"], "recipe": found.get("recipe"),
+             "teacher": {k: teacher.get(k) for k in ("path", "sha256", "val_strict_f1", "temperature")},
+             "gain_val_strict_f1": choice["gain_val_strict_f1"], "gain_test_strict_f1": choice["gain_test_strict_f1"],
+             "val": entry.get("val"), "test": entry.get("test"), "results": str(path), "results_sha256": sha256(path)}
+    return model, facts
+
+
+def card_info(model: Path, ablation: dict | None = None) -> dict:
     """The shipped card's fields (before ``write_card`` adds ``model``, ``sha256`` and ``created``): the deployed
-    student's card as Train_3 wrote it, its ``stages``, and where it was shipped from."""
+    student's card as Train_3 wrote it, its ``stages``, where it was shipped from and, for a student chosen by a KD
+    ablation, ``kd_ablation`` (``ablation_choice``'s facts)."""
     card = read_card(model, verify=True)
-    info = {k: v for k, v in card.items() if k not in ("model", "sha256", "created", "exports", "stages", "shipped")}
+    info = {k: v for k, v in card.items()
+            if k not in ("model", "sha256", "created", "exports", "stages", "shipped", "kd_ablation")}
     info["stages"] = stage_history(model)
     info["shipped"] = {"from": str(model), "sha256": card["sha256"], "run": card["run"],
                        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if ablation is not None:
+        info["kd_ablation"] = ablation
     return info
 
 
@@ -244,12 +275,13 @@ def export_command(staged_keras: Path, data: str, lists: str, parity_images: int
 
 def ship(model: str | Path, weights_dir: str | Path = "weights", name: str = "student", *, data: str,
          lists: str, parity_images: int = 8, fast: bool = True, cpu_int8: bool = True, force: bool = False,
-         python: str = sys.executable) -> dict:
+         python: str = sys.executable, ablation: dict | None = None) -> dict:
     """Ship ``model`` (checked by ``deployed_model``) into ``weights_dir`` as ``name.keras`` + card + exports.
 
     Everything is written into a staging folder inside ``weights_dir`` first; the exports run there
     (``TensorRT.py``, its output streamed); only when every check passed are the files renamed into place (each
-    rename atomic). Returns ``{"shipped": [paths], "skipped": bool}``."""
+    rename atomic). ``ablation``: ``ablation_choice``'s facts, recorded in the card. Returns
+    ``{"shipped": [paths], "skipped": bool}``."""
     model = deployed_model(model=model)
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
@@ -258,7 +290,7 @@ def ship(model: str | Path, weights_dir: str | Path = "weights", name: str = "st
         print(f"{weights_dir / (name + '.keras')}: already these bytes with {', '.join(exports)}; nothing to do "
               f"(--force ships again)")
         return {"shipped": [], "skipped": True}
-    info = card_info(model)
+    info = card_info(model, ablation)
     print(f"shipping {model} ({len(info['stages'])} stages) -> {weights_dir}/{name}.keras")
     stage = Path(tempfile.mkdtemp(prefix=f".ship.{name}.", dir=weights_dir))
     try:

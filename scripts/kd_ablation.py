@@ -2,12 +2,15 @@
 
     python scripts/kd_ablation.py --seeds=0,1,2                                   # results/kd_ablation.json
     python scripts/kd_ablation.py --seeds=0,1,2 --epochs=20 --samples_per_epoch=2000   # a shorter shared recipe
+    python scripts/kd_ablation.py recipes/kd_ablation_four.py                           # a recipe file for both arms
     python scripts/kd_ablation.py --strategies=standard,hyperthermal,non-isothermal --temperatures=10
                                                                                   # results/kd_strategies.json
 
 Ablation: for every seed, Train_3_Step.py --strategy=STRATEGY (the "kd" arm, soft labels from --labels) and
 --strategy=none (the "nokd" arm: the four heads learn the ground truth), with the same data, lists, sampling,
-schedule, augmentation and seed: every flag this script does not know goes to both Train_3 runs unchanged. One run
+schedule, augmentation and seed: every flag this script does not know goes to both Train_3 runs unchanged, and so do
+leading Train_3 recipe files (``recipes/*.py``; their data / lists / val_fraction / labels / strategy also set this
+script's defaults, so the evaluation reads the lists the runs trained on). One run
 folder per (arm, seed) under --out (``kd_seed0/``: Train_3's run in ``run/``, the deployed student ``student.keras``
 + its card, ``eval.json``). Each deployed student is scored by evaluate.py's library function
 (``crackseg.evaluation.evaluate_model``, the card's threshold) on the validation and test lists, overall and per
@@ -66,9 +69,32 @@ class AblationError(SystemExit):
 
 
 # ---------------------------------------------------------------------------------------------- arguments
+RECIPE_SETS_DEFAULT = ("data", "lists", "val_fraction", "labels", "strategy")  # recipe values this script reads too
+
+
+def recipe_defaults(recipes: list[str]) -> dict[str, str]:
+    """The values of RECIPE_SETS_DEFAULT that the Train_3 recipe files set (later files win), as this script's
+    defaults; a recipe's strategy "none" is the other arm, so it does not become the kd arm's strategy."""
+    from crackseg.config import ConfigError, read_recipe
+
+    values: dict[str, str] = {}
+    for recipe in recipes:
+        try:
+            written = read_recipe(Path(REPO, recipe))
+        except ConfigError as exc:
+            raise AblationError(str(exc)) from None
+        values.update({k: str(v) for k, v in written.items() if k in RECIPE_SETS_DEFAULT})
+    if values.get("strategy") == "none":
+        del values["strategy"]
+    return values
+
+
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
-    """(this script's options, the flags passed through to Train_3_Step.py)."""
-    own, passthrough = dict(DEFAULTS), []
+    """(this script's options, the recipe files and flags passed through to Train_3_Step.py)."""
+    from crackseg.config import split_recipes
+
+    recipes, argv = split_recipes(argv)
+    own, passthrough = {**DEFAULTS, **recipe_defaults(recipes)}, list(recipes)
     for arg in argv:
         if arg in ("-h", "--help"):
             print(__doc__)
@@ -156,18 +182,26 @@ def run_finished(folder: Path) -> bool:
 
 
 def check_recipe(folder: Path, command: list[str]) -> None:
-    """The Train_3 command a run folder was made with; another command for the same folder is refused."""
-    from crackseg.io import atomic_write_json
+    """The Train_3 command a run folder was made with (and the sha256 of each recipe file in it); another command,
+    or an edited recipe file, for the same folder is refused."""
+    from crackseg.config import split_recipes
+    from crackseg.io import atomic_write_json, sha256
 
+    recipes = {r: sha256(Path(REPO, r)) for r in split_recipes(command[1:])[0]}
     path = folder / "command.json"
     if path.is_file():
-        old = json.loads(path.read_text())["train3"]
+        made = json.loads(path.read_text())
+        old = made["train3"]
         if old != command:
             raise AblationError(f"{folder}: made by `{shlex.join(old)}`, not `{shlex.join(command)}`; "
                                 f"use another --out for another recipe")
+        changed = [r for r, digest in recipes.items() if made.get("recipes", {}).get(r, digest) != digest]
+        if changed:
+            raise AblationError(f"{folder}: recipe file {changed[0]} changed since this run was started; "
+                                f"use another --out for another recipe")
     else:
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, {"train3": command})
+        atomic_write_json(path, {"train3": command, "recipes": recipes})
 
 
 def run_train3(command: list[str]) -> int:
@@ -188,11 +222,14 @@ def run_train3(command: list[str]) -> int:
 def train(folder: Path, strategy: str, seed: int, labels: str, passthrough: list[str],
           temps: tuple[float, float, float] | None = None) -> None:
     """Train_3 for one run (resuming inside Train_3 when a previous attempt was killed), unless finished."""
-    command = ["Train_3_Step.py", f"--strategy={strategy}", f"--seed={seed}", f"--out={folder / 'run'}",
+    from crackseg.config import split_recipes
+
+    recipes, flags = split_recipes(passthrough)  # recipe files first: Train_3 reads them before any flag
+    command = ["Train_3_Step.py", *recipes, f"--strategy={strategy}", f"--seed={seed}", f"--out={folder / 'run'}",
                f"--deploy={folder / 'student.keras'}", f"--labels={labels}"]
     if temps is not None:
         command += [f"--t0={temps[0]:g}", f"--t1={temps[1]:g}", f"--t2={temps[2]:g}"]
-    command += passthrough
+    command += flags
     check_recipe(folder, command)
     if run_finished(folder):
         print(f"{folder.name}: finished, not trained again", flush=True)
@@ -244,7 +281,9 @@ def evaluate(folder: Path, model: Path, own: dict, seed: int) -> dict:
     cached = json.loads(path.read_text()) if path.is_file() else {}
     if cached.get("sha256") != digest:
         cached = {}
-    cached.update({"model": str(model), "sha256": digest})
+    shown = model.resolve()
+    shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown  # the results file travels with the repo
+    cached.update({"model": str(shown), "sha256": digest})
     for split, subset in split_lists(own, seed, folder).items():
         if split in cached:
             continue
@@ -317,7 +356,7 @@ def teacher_facts(labels: str, own: dict, out: Path) -> dict | None:
 
 # ---------------------------------------------------------------------------------------------- results
 def recipe_line(passthrough: list[str]) -> str:
-    return ("Train_3_Step.py defaults" + (" with " + " ".join(passthrough) if passthrough else "")
+    return ("python Train_3_Step.py" + (" " + " ".join(passthrough) if passthrough else " (its defaults)")
             + "; identical for both arms except --strategy (and --labels, unused by none)")
 
 

@@ -3,12 +3,14 @@
     python scripts/ship.py --model=runs/shipped/student_stage5_sampling.keras   # the deployable file Train_3 wrote
     python scripts/ship.py --run=runs/shipped/student_stage5_sampling            # or the run folder (its --deploy)
     python scripts/ship.py --model=... --weights_dir=/tmp/w --no-cpu_int8        # elsewhere; ONNX + fast only
+    python scripts/ship.py --ablation=results/kd_ablation.json --name=student_four  # the arm a KD ablation chose
 
 Refuses, in one line, a run that is not finished (every epoch, early stopping, or its --max_minutes limit with
 nothing trained after the deploy) or a file without the card Train_3 writes beside it. The card of
 weights/student.keras is written entirely here: the deployed student's card, ``stages`` (each stage's recipe, run
 folder, epochs, best score and initial weights' sha256, read from the run folders and the cards beside each
-stage's deployable file) and ``shipped``. The exports (student.onnx, student_fast.onnx, student_int8.xml) are
+stage's deployable file) and ``shipped``; with --ablation, the run scripts/kd_ablation.py chose (its ``ship``) and
+``kd_ablation`` in the card: the arm, seed, teacher hash and the measured gain with its 95 % interval. The exports (student.onnx, student_fast.onnx, student_int8.xml) are
 TensorRT.py's, each parity-checked against Keras, and are made in a staging folder inside --weights_dir: nothing
 there is replaced unless every check passed.
 """
@@ -23,6 +25,7 @@ from crackseg.config import configure  # noqa: E402
 
 model = ""                        # the deployable .keras Train_3 wrote (its card beside it); or give --run
 run = ""                          # a Train_3 run folder: ships the deploy file its config.json names
+ablation = ""                     # or: scripts/kd_ablation.py's results JSON: ships the run it chose, gain in the card
 weights_dir = "weights"           # where the shipped files go
 name = "student"                  # file stem there: student.keras, student.json, student.onnx, ...
 data = "../shared/datasets"       # real images for the parity checks (val split) and int8 calibration (train split)
@@ -36,11 +39,14 @@ force = False                     # ship again even when weights/ already holds 
 config = configure(globals(), __doc__)
 
 from crackseg.card import CardError  # noqa: E402
-from crackseg.shipping import ShipError, deployed_model, ship  # noqa: E402
+from crackseg.shipping import ShipError, ablation_choice, deployed_model, ship  # noqa: E402
 
 if __name__ == "__main__":
     try:
-        ship(deployed_model(model=model, run=run), weights_dir, name, data=data, lists=lists,
-             parity_images=parity_images, fast=fast, cpu_int8=cpu_int8, force=force)
+        if ablation and (model or run):
+            raise ShipError("--ablation names the run to ship; give it without --model / --run")
+        chosen, facts = ablation_choice(ablation) if ablation else (deployed_model(model=model, run=run), None)
+        ship(chosen, weights_dir, name, data=data, lists=lists, parity_images=parity_images, fast=fast,
+             cpu_int8=cpu_int8, force=force, ablation=facts)
     except (ShipError, CardError, OSError) as exc:
         sys.exit(f"error: {exc}")

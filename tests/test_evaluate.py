@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from crackseg.engines import Engine
-from crackseg.evaluation import dataset_pairs, evaluate_engine, read_labelled
+from crackseg import evaluation
+from crackseg.evaluation import (compare_models, dataset_pairs, evaluate_engine, format_comparison,
+                                 read_labelled)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -263,3 +265,59 @@ def test_engine_reported_per_dataset(two_datasets):
                         on_prediction=seen.append)
     _check_by_dataset(r)
     assert len(seen) == 3 and r["fps"] > 0 and r["by_dataset"]["CrackForest"]["fps"] > 0
+
+
+class BlindEngine(Engine):
+    """Stand-in for a model that finds no crack anywhere."""
+
+    backend = "fake"
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return np.zeros(batch.shape[:-1], np.float32)
+
+
+def test_compare_models_pairs_the_same_images_per_dataset(two_datasets, monkeypatch):
+    # DeepCrack's image turned mid grey: the dark-pixel engine (B) finds CrackForest's cracks exactly and misses
+    # DeepCrack's 12 pixels, as the blind engine (A) misses everything. B - A: overall 10/22 (B's F1, as in
+    # _check_by_dataset), CrackForest 1 on both resamplable images, DeepCrack 0 (one image, both F1 0).
+    write_png(two_datasets["parent"] / "DeepCrack" / "train_img" / "11111.png", np.full((8, 8, 3), 128, np.uint8))
+    engines = {"blind": BlindEngine("blind", 0.5), "dark": DarkPixelEngine("dark", 0.4)}
+    monkeypatch.setattr(evaluation, "open_engine", lambda model, *args: engines[str(model)])
+    c = compare_models("blind", "dark", dataset_pairs(two_datasets["roots"]))
+    assert c["a"]["strict"]["f1"] == 0.0 and c["b"]["threshold"] == 0.4 and c["b"]["model"] == "dark"
+    _check_by_dataset({k: v for k, v in c["b"].items() if k not in ("precision", "precision_choice", "described")})
+    d = c["difference"]
+    assert d["images"] == 3 and d["strict_f1"]["difference"] == pytest.approx(10 / 22)
+    assert d["strict_f1"]["interval"][0] == 0.0 and d["strict_f1"]["interval"][1] == 1.0  # resample DeepCrack only
+    cf, dc = d["by_dataset"]["CrackForest"], d["by_dataset"]["DeepCrack"]
+    assert cf["strict_f1"] == {"difference": 1.0, "interval": [1.0, 1.0], "b_better": 1.0}
+    assert dc["strict_f1"] == {"difference": 0.0, "interval": [0.0, 0.0], "b_better": 0.0}
+    table = format_comparison(c)
+    assert "B - A, paired over the same images (95% bootstrap interval, 1000 resamples)" in table
+    assert "CrackForest         2    0.0000   1.0000  +1.0000 [+1.0000, +1.0000]" in table
+
+
+def test_compare_on_the_command_line(tiny_student_file, synthetic_data, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(synthetic_data / "images", images)
+    for extra in sorted(images.iterdir())[3:]:
+        extra.unlink()
+    other = tmp_path / "other.keras"
+    shutil.copyfile(tiny_student_file, other)
+    from crackseg.card import write_card
+
+    write_card(other, {"threshold": 0.6})  # the same network at another threshold: another model
+    result = run_evaluate("--model", tiny_student_file, "--compare", other, "--images", images, "--masks",
+                          synthetic_data / "masks", "--subset", _stems(tmp_path, images), "--json", tmp_path / "c.json")
+    assert result.returncode == 0, result.stderr
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert c["a"]["threshold"] == 0.3 and c["b"]["threshold"] == 0.6 and c["a"]["images"] == c["b"]["images"] == 3
+    d = c["difference"]["strict_f1"]
+    assert d["difference"] == pytest.approx(c["b"]["strict"]["f1"] - c["a"]["strict"]["f1"])
+    assert d["interval"][0] <= d["difference"] <= d["interval"][1]
+    assert "model A: " in result.stdout and "model B: " in result.stdout and "B - A, paired" in result.stdout
+    _one_line_error(run_evaluate("--compare", other, "--images", images, "--masks", synthetic_data / "masks"),
+                    "--compare needs --model")
+    _one_line_error(run_evaluate("--model", tiny_student_file, "--compare", tmp_path / "missing.keras", "--images",
+                                 images, "--masks", synthetic_data / "masks", "--subset", _stems(tmp_path, images)),
+                    "missing.keras")

@@ -228,6 +228,36 @@ def test_ablation_two_seeds_resumes_after_a_kill_and_refuses_another_recipe(tiny
         kd_ablation.main([a if a != "--epochs=1" else "--epochs=2" for a in args])
 
 
+def test_recipe_file_goes_to_both_arms_and_sets_the_evaluation_lists(tiny_setup, monkeypatch, capsys, fake_train3,
+                                                                    evaluations, tmp_path):
+    s = tiny_setup
+    if not (s["labels"] / "train" / "manifest.json").is_file():
+        pytest.skip("needs test_train2_writes_ensemble_tta_labels first")
+    calls, _ = fake_train3
+    recipe = tmp_path / "ablation_recipe.py"
+    recipe.write_text(f'data = "{s["data"]}"\nlists = "{s["lists"]}"\nlabels = "{s["labels"]}"\n'
+                      f'strategy = "none"\nepochs = 1\n')
+    own, passthrough = kd_ablation.parse_args([str(recipe), "--seeds=0"])
+    assert own["lists"] == str(s["lists"]) and own["labels"] == str(s["labels"])
+    assert own["strategy"] == "standard"  # the recipe's "none" is the other arm, not the kd arm's strategy
+    assert passthrough[0] == str(recipe) and f"--lists={s['lists']}" in passthrough
+    out = tmp_path / "runs"
+    args = [str(recipe), "--seeds=0", f"--out={out}", f"--results={tmp_path / 'r.json'}", *TINY]
+    monkeypatch.chdir(REPO)
+    kd_ablation.main(args)
+    assert [c[1] for c in calls] == [str(recipe), str(recipe)]  # first, before the flags that override it
+    assert [c[2] for c in calls] == ["--strategy=standard", "--strategy=none"]
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["arms"]["kd"]["runs"][0]["val"]["images"] == 2  # scored on the recipe's lists
+    assert r["recipe"].startswith(f"python Train_3_Step.py {recipe} ")
+    recipe.write_text(recipe.read_text() + "lr = 0.5\n")  # an edited recipe is another recipe
+    with pytest.raises(SystemExit, match="changed since this run was started"):
+        kd_ablation.main(args)
+    recipe.write_text("lists = (\n")
+    with pytest.raises(SystemExit, match="not valid Python"):
+        kd_ablation.parse_args([str(recipe)])
+
+
 def test_strategies_table_with_the_real_train3(tiny_setup, monkeypatch, capsys, train3_in_process):
     """One real Train_3 run (hyperthermal at T = 10 on the ensemble + TTA labels); the table's other rows are the
     same code path (the ablation test covers several runs with a stand-in)."""

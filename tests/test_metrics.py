@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crackseg.metrics import MetricAccumulator, counts, dilate, evaluate_arrays, f1_interval, format_report, scores
+from crackseg.metrics import (MetricAccumulator, counts, dilate, evaluate_arrays, f1_interval, format_report,
+                              paired_f1_difference, scores)
 
 
 def _mask(shape, *pixels):
@@ -276,3 +277,34 @@ def test_balanced_threshold_is_not_dominated_by_the_dataset_with_most_pixels():
     assert one["threshold"] == one["by_dataset"]["only"]["best_threshold"]
     with pytest.raises(ValueError):
         balanced_threshold({})
+
+
+def _rows(found: list[int], truth: int = 10) -> np.ndarray:
+    """Per-image count rows (tp, fp, fn, tol_tp, tol_fp, tol_hit, truth) of a model that finds ``found[i]`` of the
+    ``truth`` crack pixels of image i and marks nothing else (tolerant counts equal to the strict ones)."""
+    return np.array([(k, 0, truth - k, k, 0, k, truth) for k in found])
+
+
+def test_paired_difference_of_two_images_by_hand():
+    # A finds image 1 and misses image 2; B finds both. Resamples (2,0): 1 - 1 = 0 (1/4); (1,1): 1 - 2/3 (1/2);
+    # (0,2): 1 - 0 = 1 (1/4). So the point difference is 1/3, the 95 % interval [0, 1], and B is better in 3/4.
+    d = paired_f1_difference(_rows([10, 0]), _rows([10, 10]))
+    assert d["images"] == 2 and d["strict_f1"]["difference"] == pytest.approx(1 / 3)
+    assert d["strict_f1"]["interval"] == [0.0, 1.0] and d["tolerant_f1"]["interval"] == [0.0, 1.0]
+    assert d["strict_f1"]["b_better"] == pytest.approx(0.75, abs=0.05)
+    same = paired_f1_difference(_rows([3, 7, 10]), _rows([3, 7, 10]))
+    assert same["strict_f1"]["difference"] == 0 and same["strict_f1"]["interval"] == [0.0, 0.0]
+    assert same["strict_f1"]["b_better"] == 0
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_f1_difference(_rows([1, 2]), _rows([1]))
+
+
+def test_paired_interval_resolves_what_two_separate_intervals_cannot():
+    # 20 images of very different difficulty; B finds one more pixel than A on every one of them
+    a = [i // 2 for i in range(20)]
+    b = [k + 1 for k in a]
+    ia, ib = f1_interval(_rows(a))["strict_f1"], f1_interval(_rows(b))["strict_f1"]
+    assert ib[0] < ia[1]  # the separate intervals overlap: they cannot tell A from B
+    d = paired_f1_difference(_rows(a), _rows(b))["strict_f1"]
+    assert d["interval"][0] > 0 and d["b_better"] == 1.0  # paired: B is better in every resample
+    assert d["interval"][0] <= d["difference"] <= d["interval"][1]

@@ -131,6 +131,37 @@ def test_run_folder_ships_its_deploy_file(chain):
         deployed_model(run=chain["root"] / "nothing")
 
 
+def test_ablation_choice_names_the_chosen_run_and_its_gain(chain, tmp_path):
+    from crackseg.shipping import ShipError, ablation_choice, card_info
+
+    gain = {"mean": 0.012, "low": 0.004, "high": 0.020, "n": 3}
+    results = {"recipe": "python Train_3_Step.py recipes/x.py", "teacher": {"path": "t.keras", "sha256": "ab" * 32,
+                                                                           "val_strict_f1": 0.7, "temperature": 10.0},
+               "arms": {"kd": {"runs": [{"seed": 0, "sha256": "0" * 64},
+                                        {"seed": 1, "sha256": sha256(chain["second"]), "val": {"strict_f1": 0.6},
+                                         "test": {"strict_f1": 0.5}}]}, "nokd": {"runs": []}},
+               "ship": {"arm": "kd", "seed": 1, "model": str(chain["second"]), "rule": "kd when ...",
+                        "gain_val_strict_f1": gain, "gain_test_strict_f1": {**gain, "low": -0.01}}}
+    path = tmp_path / "kd_ablation.json"
+    path.write_text(json.dumps(results))
+    model, facts = ablation_choice(path)
+    assert model == chain["second"] and facts["arm"] == "kd" and facts["seed"] == 1
+    assert facts["teacher"]["sha256"] == "ab" * 32 and facts["gain_val_strict_f1"] == gain
+    assert facts["val"] == {"strict_f1": 0.6} and facts["results_sha256"] == sha256(path)
+    assert card_info(model, facts)["kd_ablation"] == facts and "kd_ablation" not in card_info(model)
+    for change, words in ((lambda r: r["ship"].update(seed=0), "sha256 differs"),
+                          (lambda r: r["ship"].update(seed=7), "not among its runs"),
+                          (lambda r: r["ship"].update(model=None), "chosen no run")):
+        broken = json.loads(json.dumps(results))
+        change(broken)
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ShipError, match=words):
+            ablation_choice(path)
+    result = run_script("scripts/ship.py", f"--ablation={path}", f"--model={chain['second']}", timeout=120)
+    err = result.stderr.strip()
+    assert result.returncode == 1 and err.startswith("error:") and "without --model" in err and len(err.splitlines()) == 1
+
+
 def test_ship_writes_model_card_and_exports_then_skips_a_second_time(chain, synthetic_data):
     weights = chain["root"] / "weights"
     args = ("scripts/ship.py", f"--model={chain['second']}", f"--weights_dir={weights}", f"--data={synthetic_data}",
