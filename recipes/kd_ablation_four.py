@@ -2,8 +2,7 @@
 the shipped student fine-tuned on the four datasets, the kd arm on the four-dataset teacher's soft labels, the nokd
 arm on the ground truth alone, with everything else identical (data, sampling, augmentation, schedule, seed).
 
-    python Train_2_Step.py --teacher=weights/teacher_four.keras,weights/student.keras --splits=train,val \\
-           --out=runs/soft_labels_four                                   # the labels (once)
+    python Train_2_Step.py --teacher=weights/teacher_four.keras --splits=train --out=runs/soft_labels_four  # once
     python scripts/kd_ablation.py recipes/kd_ablation_four.py --seeds=0,1,2   # results/kd_ablation.json
 
 Shorter than the shipped recipe, as the issue allows when both arms share it: stage 4's fine-tune (RESULTS.md,
