@@ -10,9 +10,9 @@ nothing trained after the deploy) or a file without the card Train_3 writes besi
 weights/student.keras is written entirely here: the deployed student's card, ``stages`` (each stage's recipe, run
 folder, epochs, best score and initial weights' sha256, read from the run folders and the cards beside each
 stage's deployable file) and ``shipped``; with --ablation, the run scripts/kd_ablation.py chose (its ``ship``) and
-``kd_ablation`` in the card: the arm, seed, teacher hash and the measured gain with its 95 % interval. The exports (student.onnx, student_fast.onnx, student_int8.xml) are
-TensorRT.py's, each parity-checked against Keras, and are made in a staging folder inside --weights_dir: nothing
-there is replaced unless every check passed.
+``kd_ablation`` in the card: the arm, seed, teacher hash and the measured gain with its 95 % interval. The exports
+(student.onnx, student_fast.onnx, student_int8.xml) are TensorRT.py's, each parity-checked against Keras, and are
+made in a staging folder inside --weights_dir: nothing there is replaced unless every check passed.
 """
 import os
 import sys
