@@ -52,7 +52,9 @@ interpolate = "1"                 # deploy (1 - a) * init + a * trained: "1" the
                                   # .25, .5, .75, 1 with the best val_score (WiSE-FT: keeps what --init knew)
 lr = 5e-5
 optimizer = "rmsprop"             # rmsprop | adam
-loss = "asymmetric"               # asymmetric | bce_dice, for every output
+loss = "asymmetric"               # asymmetric | bce_dice | bce, for every output
+soft_loss = ""                    # the four soft heads' loss instead ("" = loss): bce is minimised at the soft target
+                                  # itself (Dice and pos_weight are not; docs/distillation.md, "The KD ablation")
 crack_weight = 200.0              # asymmetric loss weight of the crack channel
 pos_weight = 10.0                 # bce_dice: weight of crack pixels in the BCE term
 threshold = 0.5                   # for the training-batch metrics only; validation sweeps every threshold

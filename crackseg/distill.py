@@ -382,20 +382,23 @@ def kd_targets(one_hot: np.ndarray, soft: np.ndarray | None, t0: float) -> dict[
 
 
 def kd_losses(loss: str, crack_weight: float, alpha: float, t1: float = 1.0,
-              scale_by_t1_squared: bool = True, pos_weight: float = 10.0) -> tuple[dict, dict[str, float]]:
+              scale_by_t1_squared: bool = True, pos_weight: float = 10.0,
+              soft_loss: str = "") -> tuple[dict, dict[str, float]]:
     """Per-output losses and ``loss_weights`` for ``compile``: total = alpha * s * soft + (1 - alpha) * hard, where
     soft is the mean of the loss over the four soft heads, hard the loss of the ``real`` head, and s = T1^2 (or 1).
 
     The mean (alpha / 4 per head) rather than the sum keeps alpha the soft share whatever the number of soft heads.
     s = T1^2 (Hinton et al. 2015): at temperature T the soft probabilities and their gradients both shrink by ~1/T,
     so without it a T1 = 10 soft term is ~100x weaker than alpha says (measured: ~1 % of the total at alpha 0.9).
-    Each term is ``crackseg.losses.make_loss(loss)``, the loss the teacher was trained with.
+    Each term is ``crackseg.losses.make_loss(loss)``, the loss the teacher was trained with; ``soft_loss`` (when
+    given) replaces it on the four soft heads, e.g. ``bce``, whose minimum is the soft target itself.
     """
     from .losses import make_loss
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     scale = float(t1) ** 2 if scale_by_t1_squared else 1.0
-    losses = {name: make_loss(loss, crack_weight, pos_weight) for name in (*HEADS, REAL)}
+    losses = {name: make_loss(soft_loss or loss, crack_weight, pos_weight) for name in HEADS}
+    losses[REAL] = make_loss(loss, crack_weight, pos_weight)
     weights = {**{h: alpha * scale / len(HEADS) for h in HEADS}, REAL: 1.0 - alpha}
     return losses, weights

@@ -49,14 +49,17 @@ class BCEDiceLoss(keras.losses.Loss):
                 "smooth": self.smooth}
 
 
-LOSSES = {"asymmetric": AsymmetricLoss, "bce_dice": BCEDiceLoss}
+LOSSES = {"asymmetric": AsymmetricLoss, "bce_dice": BCEDiceLoss, "bce": BCEDiceLoss}
 
 
 def make_loss(name: str, crack_weight: float = 200.0, pos_weight: float = 10.0) -> keras.losses.Loss:
-    """A loss by name: ``asymmetric`` (the paper's; ``crack_weight``) or ``bce_dice`` (``pos_weight`` on crack
-    pixels in the BCE term)."""
+    """A loss by name: ``asymmetric`` (the paper's; ``crack_weight``), ``bce_dice`` (``pos_weight`` on crack
+    pixels in the BCE term) or ``bce`` (plain cross-entropy, no weight, no Dice: a proper scoring rule, minimised
+    where the prediction equals a soft target; pos_weight and Dice move that minimum, which soft labels cannot use)."""
     if name == "asymmetric":
         return AsymmetricLoss(crack_weight)
     if name == "bce_dice":
         return BCEDiceLoss(pos_weight)
+    if name == "bce":
+        return BCEDiceLoss(1.0, dice_weight=0.0, name="bce")
     raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}")

@@ -360,8 +360,10 @@ def make_soft_labels(config: dict) -> list[dict]:
     def predictor(network):
         def predict_logits(image: np.ndarray) -> dict[str, np.ndarray]:
             x, _ = prepare(image)  # padded to a multiple of 4; write_split crops the logits back
-            outs = network(x, training=False)
-            return {h: keras.ops.convert_to_numpy(o) for h, o in zip(STORED_HEADS, outs)}
+            # a compiled predict step (one graph per image size; the datasets have a handful) runs ~3x faster
+            # than calling the network eagerly on these small images
+            outs = network.predict_on_batch(x)
+            return {h: np.asarray(o) for h, o in zip(STORED_HEADS, outs)}
         return predict_logits
 
     predict_logits = [predictor(n) for n in networks] if len(networks) > 1 else predictor(networks[0])
@@ -433,6 +435,11 @@ def train_student(config: dict) -> dict:
         kd = resolve_strategy(config["strategy"], config["t0"], config["t1"], config["t2"])
     except ValueError as exc:
         raise TrainingError(f"--strategy/--t0/--t1/--t2: {exc}") from None
+    from .losses import LOSSES
+
+    for key in ("loss", "soft_loss"):
+        if config.get(key) and config[key] not in LOSSES:
+            raise TrainingError(f"--{key}: unknown loss {config[key]!r}; choose from {', '.join(sorted(LOSSES))}")
     t0, t1, t2 = kd["t0"], kd["t1"], kd["t2"]
     # resolved, so resume checks compare real temperatures
     config = with_initial_weights({**config, "t0": t0, "t1": t1, "t2": t2})
@@ -466,7 +473,7 @@ def train_student(config: dict) -> dict:
         if config["init"]:
             warm_start(student, config["init"])
         losses, weights = kd_losses(config["loss"], config["crack_weight"], config["alpha"], t1,
-                                    config["t1_squared"], config["pos_weight"])
+                                    config["t1_squared"], config["pos_weight"], config.get("soft_loss", ""))
         return compile_model(student, losses, config["lr"], config["optimizer"], loss_weights=weights,
                              metrics={"real": crack_metrics(config["threshold"], config["distance"])})
 

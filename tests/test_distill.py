@@ -265,6 +265,9 @@ def test_kd_loss_weights_and_total():
     assert all(weights[h] == pytest.approx(0.9 * 100 / 4) for h in HEADS)
     assert kd_losses("asymmetric", 200.0, 0.9, 10.0, scale_by_t1_squared=False)[1]["h"] == pytest.approx(0.225)
     assert kd_losses("bce_dice", 1.0, 0.0)[1] == {**dict.fromkeys(HEADS, 0.0), REAL: 1.0}
+    mixed = kd_losses("bce_dice", 200.0, 0.9, 10.0, pos_weight=3.0, soft_loss="bce")[0]  # soft heads: plain BCE
+    assert all(mixed[h].name == "bce" and mixed[h].pos_weight == 1.0 for h in HEADS)
+    assert mixed[REAL].name == "bce_dice" and mixed[REAL].pos_weight == 3.0
     with pytest.raises(ValueError):
         kd_losses("asymmetric", 200.0, 1.5)
 

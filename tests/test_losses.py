@@ -76,6 +76,8 @@ def test_make_loss():
     loss = make_loss("asymmetric", crack_weight=50.0)
     assert isinstance(loss, AsymmetricLoss) and loss.crack_weight == 50.0
     assert isinstance(make_loss("bce_dice"), BCEDiceLoss)
+    plain = make_loss("bce", pos_weight=7.0)  # plain: pos_weight is not applied
+    assert plain.pos_weight == 1.0 and plain.dice_weight == 0.0 and plain.name == "bce"
     with pytest.raises(ValueError, match="nope"):
         make_loss("nope")
 
@@ -89,3 +91,24 @@ def test_serialisation_round_trip(loss):
     y = _maps(2)
     p = np.clip(y * 0.7 + 0.1, 0, 1)
     assert _value(restored, y, p) == pytest.approx(_value(loss, y, p))
+
+
+def test_plain_bce_is_minimised_at_a_soft_target_and_bce_dice_is_not():
+    # a 4x4 map whose soft target is 0.3 everywhere: cross-entropy is lowest where the prediction is 0.3 (a proper
+    # scoring rule); pos_weight 3 and Dice pull the minimum up, so a student trained so overshoots its teacher
+    target = np.zeros((1, 4, 4, 2), np.float32)
+    target[..., 1], target[..., 0] = 0.3, 0.7
+    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
+
+    def best(loss):
+        values = []
+        for q in grid:
+            pred = np.zeros_like(target)
+            pred[..., 1], pred[..., 0] = q, 1 - q
+            values.append(_value(loss, target, pred))
+        return float(grid[int(np.argmin(values))])
+
+    assert best(make_loss("bce")) == pytest.approx(0.3)
+    # BCE with pos_weight 3 alone: minimum at 3t / (3t + 1 - t) = 0.9 / 1.6 = 0.5625 -> 0.55 on this grid
+    assert best(BCEDiceLoss(pos_weight=3.0, dice_weight=0.0)) == pytest.approx(0.55)
+    assert best(make_loss("bce_dice", pos_weight=3.0)) > 0.55  # Dice pulls it further up

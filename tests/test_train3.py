@@ -172,7 +172,8 @@ def test_fine_tune_deploys_the_interpolation_with_the_best_score(kd_run, monkeyp
 @pytest.mark.parametrize("flags, message", [(("--interpolate=2",), "expected auto, a number in 0..1"),
                                             (("--interpolate=half",), "expected auto, a number in 0..1"),
                                             (("--interpolate=0.5", "--init="), "no --init was given"),
-                                            (("--floor=DeepCrack",), "expected DATASET=F1")])
+                                            (("--floor=DeepCrack",), "expected DATASET=F1"),
+                                            (("--soft_loss=dice",), "--soft_loss: unknown loss 'dice'")])
 def test_bad_interpolate_or_floor_is_one_line_before_training(kd_run, flags, message, tmp_path):
     result = run_script("Train_3_Step.py", *kd_run["data"], f"--labels={kd_run['labels']}", *TINY, *FAST,
                         f"--init={kd_run['deploy']}", *flags, f"--out={tmp_path / 'run'}",
