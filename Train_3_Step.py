@@ -24,6 +24,9 @@ val_fraction = 0.1
 seed = 0
 dilate = 0                        # k x k dilation of the training ground truth (0 = off)
 labels = "runs/soft_labels"       # Train_2_Step's --out
+label_shift = 0.0                 # logits added to the teacher's (crack - background) before softening at T1: moves
+                                  # the labels' boundary onto the --init student's, e.g. its card boundary minus the
+                                  # teacher's (crackseg.distill.decision_logit; docs/distillation.md)
 sampling = "sqrt"                 # each dataset's share of the tiles: size | sqrt | equal | NAME=WEIGHT,...
 samples_per_epoch = 2000          # training tiles per epoch (0: one per training image, as before)
 augment = "scale=0.5:2,blur=0.2,jpeg=0.3,shadow=0.3,stripe=0.2,grey=0.2"  # beyond crop/flip/turn/colour; "none"

@@ -28,6 +28,7 @@ TensorFlow / Keras are imported only by the functions that build tensors or loss
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -359,6 +360,25 @@ def load_split_labels(labels_dir: str | Path, split: str, samples: list, tempera
         crack = read_soft_label(path)
         labels.append(crack)
     return labels, manifest
+
+
+def shift_labels(crack: np.ndarray, shift: float, temperature: float) -> np.ndarray:
+    """Soft labels with ``shift`` added to the teacher's logit difference (crack - background) before softening at
+    ``temperature``: p' = sigmoid(logit(p) + shift / T). It moves the labels' decision boundary by ``shift`` logits
+    (e.g. onto the one of the student being fine-tuned, whose logits sit elsewhere) and keeps their order."""
+    if shift == 0:
+        return crack
+    p = np.clip(crack.astype(np.float64), 1e-7, 1 - 1e-7)
+    z = np.log(p / (1 - p)) + float(shift) / float(temperature)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+def decision_logit(threshold: float, temperature: float = 1.0) -> float:
+    """The logit difference (crack - background) at which a model's card threshold is crossed, for a model whose
+    probability is softmax(logits / temperature): temperature * logit(threshold)."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    return float(temperature) * math.log(threshold / (1.0 - threshold))
 
 
 # ---------------------------------------------------------------------------------------------- KD wiring

@@ -475,3 +475,20 @@ def test_float16_store_halves_the_bytes_within_its_rounding(tmp_path):
         np.savez_compressed(f, crack=crack.astype(np.float64))
     with pytest.raises(LabelError, match="float32 or float16"):
         read_soft_label(tmp_path / "c.npz")
+
+
+def test_shifted_labels_move_the_boundary_and_keep_the_order():
+    from crackseg.distill import decision_logit, shift_labels
+
+    crack = np.array([[[0.5, 0.25, 0.9, 0.02]]], np.float32)
+    # shift T * log(3) at T = 10: logit(0.5) = 0 -> log 3 -> 0.75; logit(0.25) = -log 3 -> 0 -> 0.5
+    moved = shift_labels(crack, 10 * np.log(3.0), 10.0)
+    assert moved[0, 0, 0] == pytest.approx(0.75, abs=1e-6) and moved[0, 0, 1] == pytest.approx(0.5, abs=1e-6)
+    assert np.argsort(moved.ravel()).tolist() == np.argsort(crack.ravel()).tolist()
+    np.testing.assert_allclose(shift_labels(moved, -10 * np.log(3.0), 10.0), crack, atol=1e-6)
+    assert shift_labels(crack, 0.0, 10.0) is crack
+    # the shipped student's card (0.23 at T2 = 10) against teacher_four's (0.96 at T = 1)
+    assert decision_logit(0.23, 10.0) == pytest.approx(10 * np.log(0.23 / 0.77))
+    assert decision_logit(0.5) == 0.0
+    with pytest.raises(ValueError, match="threshold"):
+        decision_logit(1.0)
