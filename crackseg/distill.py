@@ -368,9 +368,10 @@ def shift_labels(crack: np.ndarray, shift: float, temperature: float) -> np.ndar
     (e.g. onto the one of the student being fine-tuned, whose logits sit elsewhere) and keeps their order."""
     if shift == 0:
         return crack
+    from scipy.special import expit, logit
+
     p = np.clip(crack.astype(np.float64), 1e-7, 1 - 1e-7)
-    z = np.log(p / (1 - p)) + float(shift) / float(temperature)
-    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+    return expit(logit(p) + float(shift) / float(temperature)).astype(np.float32)
 
 
 def decision_logit(threshold: float, temperature: float = 1.0) -> float:
