@@ -20,7 +20,7 @@ from crackseg.config import configure  # noqa: E402
 # teacher --------------------------------------------------------------------------------------------------------
 teacher = "runs/teacher/best.keras"   # a Train_1_Step checkpoint; A.keras,B.keras: an ensemble (logits averaged)
 tta = False                           # average the logits over the 8 flips / 90-degree rotations (8x the time)
-temperature = 10.0                    # T: the paper's settings are 5, 10 and 15; Train_3's T1 must equal it
+temperature = 10.0                    # T: the paper's settings are 5, 10 and 15 (Train_3 re-softens to its T1)
 # data -----------------------------------------------------------------------------------------------------------
 data = "../shared/datasets"           # one or more dataset roots, comma-separated
 lists = "datasets/splits"             # folder with train.txt / val.txt (/ test.txt); "none": seeded split

@@ -23,7 +23,7 @@ lists = "datasets/splits"         # folder with train.txt / val.txt; "none": see
 val_fraction = 0.1
 seed = 0
 dilate = 0                        # k x k dilation of the training ground truth (0 = off)
-labels = "runs/soft_labels"       # Train_2_Step's --out
+labels = "runs/soft_labels"       # Train_2_Step's --out (labels made at another T are re-softened to T1)
 label_shift = 0.0                 # logits added to the teacher's (crack - background) before softening at T1: moves
                                   # the labels' boundary onto the --init student's, e.g. its card boundary minus the
                                   # teacher's (crackseg.distill.decision_logit; docs/distillation.md)

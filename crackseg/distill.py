@@ -333,19 +333,18 @@ def record_quality(split_dir: str | Path, quality: dict) -> None:
 
 
 def load_split_labels(labels_dir: str | Path, split: str, samples: list, temperature: float,
-                      teacher_sha256: str | None = None) -> tuple[list[np.ndarray], dict]:
-    """Soft labels of ``samples`` (one (H, W, 4) array each, in order) and the split's manifest.
+                      teacher_sha256: str | None = None, shift: float = 0.0) -> tuple[list[np.ndarray], dict]:
+    """Soft labels of ``samples`` (one (H, W, 4) array each, in order) at ``temperature`` (the student's T1), and
+    the split's manifest.
 
-    Refuses labels at another temperature (T1 of the student must equal the T they were made at), from a teacher
-    other than ``teacher_sha256`` when given, and any missing image.
+    Labels made at another temperature, or asked for with a ``shift``, are re-softened by ``resoften`` (exact up
+    to their storage precision). Refuses labels from a teacher other than ``teacher_sha256`` when given, and any
+    missing image.
     """
     split_dir = Path(labels_dir) / split
     manifest = read_manifest(split_dir)
     if manifest is None:
         raise LabelError(f"{split_dir / MANIFEST}: no soft labels for split {split!r} (run Train_2_Step.py first)")
-    if float(manifest["temperature"]) != float(temperature):
-        raise LabelError(f"{split_dir / MANIFEST}: labels are at T={manifest['temperature']:g} but T1={temperature:g};"
-                         f" rerun Train_2_Step.py --temperature={temperature:g} or set --t1")
     if teacher_sha256 is not None and manifest["teacher_sha256"] != teacher_sha256:
         raise LabelError(f"{split_dir / MANIFEST}: labels of split {split!r} come from teacher "
                          f"{manifest['teacher_sha256'][:12]}, the other splits from {teacher_sha256[:12]}")
@@ -354,24 +353,25 @@ def load_split_labels(labels_dir: str | Path, split: str, samples: list, tempera
         raise LabelError(f"{label_path(split_dir, missing[0])}: soft label missing"
                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                          + "; run Train_2_Step.py with the same data, lists and seed")
-    labels = []
-    for s in samples:
-        path = label_path(split_dir, s.id)
-        crack = read_soft_label(path)
-        labels.append(crack)
+    made_at = float(manifest["temperature"])
+    labels = [resoften(read_soft_label(label_path(split_dir, s.id)), made_at, temperature, shift) for s in samples]
     return labels, manifest
 
 
-def shift_labels(crack: np.ndarray, shift: float, temperature: float) -> np.ndarray:
-    """Soft labels with ``shift`` added to the teacher's logit difference (crack - background) before softening at
-    ``temperature``: p' = sigmoid(logit(p) + shift / T). It moves the labels' decision boundary by ``shift`` logits
-    (e.g. onto the one of the student being fine-tuned, whose logits sit elsewhere) and keeps their order."""
-    if shift == 0:
+def resoften(crack: np.ndarray, made_at: float, temperature: float, shift: float = 0.0) -> np.ndarray:
+    """Soft labels made at temperature ``made_at`` as they would be at ``temperature``, with ``shift`` added to the
+    teacher's logit difference z (crack - background): p = sigmoid(z / made_at), so
+    p' = sigmoid((made_at * logit(p) + shift) / temperature). Exact up to the stored precision, so one set of
+    labels serves every T1; the shift moves their decision boundary by ``shift`` logits (e.g. onto the one of the
+    student being fine-tuned, whose logits sit elsewhere) and keeps their order."""
+    if temperature <= 0 or made_at <= 0:
+        raise ValueError(f"temperatures must be > 0, got {made_at:g} and {temperature:g}")
+    if shift == 0 and made_at == temperature:
         return crack
     from scipy.special import expit, logit
 
     p = np.clip(crack.astype(np.float64), 1e-7, 1 - 1e-7)
-    return expit(logit(p) + float(shift) / float(temperature)).astype(np.float32)
+    return expit((float(made_at) * logit(p) + float(shift)) / float(temperature)).astype(np.float32)
 
 
 def decision_logit(threshold: float, temperature: float = 1.0) -> float:

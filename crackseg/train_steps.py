@@ -427,7 +427,7 @@ def train_student(config: dict) -> dict:
     from model import build_logits_model, deploy_model, infer_preset, with_heads
 
     from .card import model_facts, write_card
-    from .distill import (LabelError, kd_losses, kd_targets, load_split_labels, resolve_strategy, shift_labels,
+    from .distill import (LabelError, kd_losses, kd_targets, load_split_labels, resolve_strategy,
                           student_heads)
     from .io import atomic_path
     from .metrics import format_report
@@ -454,16 +454,18 @@ def train_student(config: dict) -> dict:
     teacher = None
     if kd["distill"]:
         try:
-            train_soft, manifest = load_split_labels(config["labels"], "train", splits["train"], t1)
+            shift = float(config.get("label_shift") or 0.0)
+            train_soft, manifest = load_split_labels(config["labels"], "train", splits["train"], t1, shift=shift)
         except LabelError as exc:
             raise TrainingError(str(exc)) from None
-        shift = float(config.get("label_shift") or 0.0)
         teacher = {"path": manifest["teacher"], "sha256": manifest["teacher_sha256"], "labels": str(config["labels"]),
                    "teachers": manifest.get("teachers"), "tta": manifest.get("tta", "none"),
-                   "label_dtype": manifest.get("dtype", "float32"), "label_shift": shift}
-        print(f"soft labels at T={t1:g} from teacher {manifest['teacher']} ({manifest['teacher_sha256'][:12]})")
+                   "label_dtype": manifest.get("dtype", "float32"), "label_shift": shift,
+                   "label_temperature": float(manifest["temperature"])}
+        made_at = float(manifest["temperature"])
+        print(f"soft labels at T={t1:g} from teacher {manifest['teacher']} ({manifest['teacher_sha256'][:12]})"
+              + (f", re-softened from the T={made_at:g} they were made at" if made_at != t1 else ""))
         if shift:
-            train_soft = [shift_labels(c, shift, t1) for c in train_soft]
             print(f"soft labels shifted by {shift:+g} logits (their decision boundary moves with it)")
     print(f"strategy {kd['strategy']}: T0={t0:g} T1={t1:g} T2={t2:g}, alpha={config['alpha']}; "
           + describe_loss_weights(config["alpha"], t1, config["t1_squared"]))

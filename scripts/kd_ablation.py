@@ -20,8 +20,10 @@ of the validation interval is above 0 (the test list is reported, never used to 
 validation strict F1.
 
 Strategies (--strategies): one seed (--seed) per (strategy, temperature); T replaces every temperature the
-strategy softens (standard: T1; hyperthermal: T0, T1, T2; non-isothermal: T1, T2). Labels must be made at T1:
-``--labels=runs/soft_labels_t{t:g}`` formats T into the path. Writes results/kd_strategies.json.
+strategy softens (standard: T1; hyperthermal: T0, T1, T2; non-isothermal: T1, T2); "none" runs once, at the
+recipe's temperatures, as the no-teacher reference. One set of labels serves every T (Train_3 re-softens them to
+T1); ``--labels=runs/soft_labels_t{t:g}`` formats T into the path for labels made per T. Writes
+results/kd_strategies.json.
 
 Resume: re-run the same command after a kill. Finished runs (a deployed student whose card matches its file) are
 not trained again, unfinished ones resume inside Train_3 (same --out), and only missing evaluations are done. A
@@ -428,6 +430,11 @@ def strategy_temperatures(strategy: str, t: float) -> tuple[float, float, float]
     return tuple(t if base > 1 else base for base in STRATEGIES[strategy])
 
 
+def strategy_row(run: dict) -> str:
+    """A strategies-table row name: "standard T=10", or "none" for the no-teacher reference."""
+    return run["strategy"] if run.get("temperature") is None else f"{run['strategy']} T={run['temperature']:g}"
+
+
 # ---------------------------------------------------------------------------------------------- main
 def main_ablation(own: dict, passthrough: list[str]) -> dict:
     from crackseg.io import atomic_write_json
@@ -466,29 +473,30 @@ def main_strategies(own: dict, passthrough: list[str]) -> dict:
     runs, teachers = [], {}
     results = None
     for strategy in strategies:
-        for t in temperatures:
-            temps = strategy_temperatures(strategy, t)
-            labels = own["labels"].format(t=t)
-            if strategy != "none" and labels not in teachers:
+        # no teacher, no temperature to vary: "none" runs once, at the recipe's own temperatures, as the reference
+        for t in (None,) if strategy == "none" else temperatures:
+            temps = None if t is None else strategy_temperatures(strategy, t)
+            labels = own["labels"].format(t=10.0 if t is None else t)
+            if t is not None and labels not in teachers:
                 teachers[labels] = teacher_facts(labels, own, out)
-            folder = out / f"{strategy}_T{t:g}_seed{seed}"
+            folder = out / (f"none_seed{seed}" if t is None else f"{strategy}_T{t:g}_seed{seed}")
             train(folder, strategy, seed, labels, passthrough, temps)
             entry = run_entry(seed, evaluate(folder, folder / "student.keras", own, seed), strategy=strategy,
-                              temperature=t, t0=temps[0], t1=temps[1], t2=temps[2],
-                              labels=labels if strategy != "none" else None)
+                              temperature=t, **(dict(t0=temps[0], t1=temps[1], t2=temps[2]) if temps else {}),
+                              labels=labels if t is not None else None)
             runs.append(entry)
             scored = [r for r in runs if r.get("val")]
             best = max(scored, key=lambda r: r["val"]["strict_f1"]) if scored else None
             results = {"recipe": recipe_line(passthrough), "seed": seed,
                        "temperature_rule": "T replaces every temperature the strategy softens: standard T1, "
-                                           "hyperthermal T0 T1 T2, non-isothermal T1 T2",
+                                           "hyperthermal T0 T1 T2, non-isothermal T1 T2; none (no teacher) runs once at "
+                                           "the recipe's temperatures",
                        "teachers": teachers, "runs": runs,
                        "best_by_val": None if best is None else {k: best[k] for k in ("strategy", "temperature")}}
             atomic_write_json(results_path, results)
-    print(format_table([(f"{r['strategy']} T={r['temperature']:g}", r) for r in runs]))
+    print(format_table([(strategy_row(r), r) for r in runs]))
     if results and results["best_by_val"]:
-        print(f"best by validation strict F1: {results['best_by_val']['strategy']} "
-              f"T={results['best_by_val']['temperature']:g}")
+        print(f"best by validation strict F1: {strategy_row(results['best_by_val'])}")
     print(f"results: {results_path}")
     return results
 

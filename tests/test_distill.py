@@ -153,7 +153,7 @@ def test_manifest_resume_refusal_and_rebuild(tmp_path):
     assert np.allclose(crack[0, 0], soften(np.array([[0.0, k] for k in range(4)]), 5.0)[:, 1])
 
 
-def test_load_split_labels_checks_temperature_teacher_and_completeness(tmp_path):
+def test_load_split_labels_resoftens_and_checks_teacher_and_completeness(tmp_path):
     samples = [FakeSample(f"{i}.png", Path(f"{i}.png")) for i in range(2)]
 
     def predict(image):
@@ -163,8 +163,9 @@ def test_load_split_labels_checks_temperature_teacher_and_completeness(tmp_path)
     write_split(predict, samples[:1], read, tmp_path, "train", "t.keras", "sha", 10.0, progress=False)
     labels, manifest = load_split_labels(tmp_path, "train", samples[:1], 10.0)
     assert len(labels) == 1 and labels[0].shape == (4, 4, 4) and manifest["split"] == "train"
-    with pytest.raises(LabelError, match="T=10 but T1=5"):
-        load_split_labels(tmp_path, "train", samples[:1], 5.0)
+    # zero logits: 0.5 at any temperature; a shift of +5 logits at T1 = 5 gives sigmoid(1)
+    at_five, _ = load_split_labels(tmp_path, "train", samples[:1], 5.0, shift=5.0)
+    np.testing.assert_allclose(at_five[0], 1 / (1 + np.exp(-1.0)), atol=1e-6)
     with pytest.raises(LabelError, match="teacher"):
         load_split_labels(tmp_path, "train", samples[:1], 10.0, teacher_sha256="other")
     with pytest.raises(LabelError, match="1.png.npz: soft label missing"):
@@ -477,16 +478,23 @@ def test_float16_store_halves_the_bytes_within_its_rounding(tmp_path):
         read_soft_label(tmp_path / "c.npz")
 
 
-def test_shifted_labels_move_the_boundary_and_keep_the_order():
-    from crackseg.distill import decision_logit, shift_labels
+def test_resoftened_labels_match_labels_made_at_that_temperature_and_shift_the_boundary():
+    from crackseg.distill import decision_logit, resoften
 
+    z = np.linspace(-40, 40, 81)  # teacher logit differences (crack - background)
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    at_ten = sigmoid(z / 10).astype(np.float16)  # stored as Train_2 stores them
+    for t in (5.0, 15.0):
+        np.testing.assert_allclose(resoften(at_ten, 10.0, t), sigmoid(z / t), atol=2e-3)
     crack = np.array([[[0.5, 0.25, 0.9, 0.02]]], np.float32)
     # shift T * log(3) at T = 10: logit(0.5) = 0 -> log 3 -> 0.75; logit(0.25) = -log 3 -> 0 -> 0.5
-    moved = shift_labels(crack, 10 * np.log(3.0), 10.0)
+    moved = resoften(crack, 10.0, 10.0, 10 * np.log(3.0))
     assert moved[0, 0, 0] == pytest.approx(0.75, abs=1e-6) and moved[0, 0, 1] == pytest.approx(0.5, abs=1e-6)
     assert np.argsort(moved.ravel()).tolist() == np.argsort(crack.ravel()).tolist()
-    np.testing.assert_allclose(shift_labels(moved, -10 * np.log(3.0), 10.0), crack, atol=1e-6)
-    assert shift_labels(crack, 0.0, 10.0) is crack
+    np.testing.assert_allclose(resoften(moved, 10.0, 10.0, -10 * np.log(3.0)), crack, atol=1e-6)
+    assert resoften(crack, 10.0, 10.0) is crack
+    with pytest.raises(ValueError, match="> 0"):
+        resoften(crack, 10.0, 0.0)
     # the shipped student's card (0.23 at T2 = 10) against teacher_four's (0.96 at T = 1)
     assert decision_logit(0.23, 10.0) == pytest.approx(10 * np.log(0.23 / 0.77))
     assert decision_logit(0.5) == 0.0

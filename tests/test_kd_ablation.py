@@ -259,24 +259,31 @@ def test_recipe_file_goes_to_both_arms_and_sets_the_evaluation_lists(tiny_setup,
 
 
 def test_strategies_table_with_the_real_train3(tiny_setup, monkeypatch, capsys, train3_in_process):
-    """One real Train_3 run (hyperthermal at T = 10 on the ensemble + TTA labels); the table's other rows are the
-    same code path (the ablation test covers several runs with a stand-in)."""
+    """Two real Train_3 runs: hyperthermal at T = 5 on the ensemble + TTA labels made at T = 10 (re-softened and
+    shifted by 2 logits), and the no-teacher reference row, which runs once at Train_3's own temperatures."""
     s = tiny_setup
     if not (s["labels"] / "train" / "manifest.json").is_file():
         pytest.skip("needs test_train2_writes_ensemble_tta_labels first")
     results = s["root"] / "results" / "kd_strategies.json"
     monkeypatch.chdir(REPO)
-    kd_ablation.main(["--strategies=hyperthermal", "--temperatures=10", f"--data={s['data']}",
+    kd_ablation.main(["--strategies=hyperthermal,none", "--temperatures=5", f"--data={s['data']}",
                       f"--lists={s['lists']}", f"--labels={s['labels']}", f"--out={s['root'] / 'strategies'}",
-                      f"--results={results}", "--no-teacher_eval", *TINY])
+                      f"--results={results}", "--no-teacher_eval", "--label_shift=2", *TINY])
     printed = capsys.readouterr().out
-    assert "hyperthermal T=10" in printed and "best by validation strict F1: hyperthermal T=10" in printed
-    assert len(train3_in_process) == 1 and "--t0=10" in train3_in_process[0] and "--t2=10" in train3_in_process[0]
+    assert "soft labels shifted by +2 logits" in printed
+    assert "hyperthermal T=5" in printed and "re-softened from the T=10 they were made at" in printed
+    assert "\n| none |" in printed or "none " in printed.split("best by validation")[0]
+    assert len(train3_in_process) == 2 and "--t0=5" in train3_in_process[0] and "--t2=5" in train3_in_process[0]
+    assert not any(a.startswith("--t") and a[2] in "012" for a in train3_in_process[1])  # none: no temperatures
     r = json.loads(results.read_text())
-    assert [(x["strategy"], x["t0"], x["t1"], x["t2"]) for x in r["runs"]] == [("hyperthermal", 10.0, 10.0, 10.0)]
+    assert [(x["strategy"], x.get("t0"), x.get("t1"), x.get("t2")) for x in r["runs"]] == [
+        ("hyperthermal", 5.0, 5.0, 5.0), ("none", None, None, None)]
+    assert r["runs"][1]["temperature"] is None and r["runs"][1]["labels"] is None
     assert r["runs"][0]["val"]["images"] == 2 and r["runs"][0]["test"]["images"] == 2
-    assert r["best_by_val"] == {"strategy": "hyperthermal", "temperature": 10.0}
-    card = json.loads((s["root"] / "strategies" / "hyperthermal_T10_seed0" / "student.json").read_text())
-    assert (card["t0"], card["t1"], card["t2"]) == (10.0, 10.0, 10.0) and card["strategy"] == "hyperthermal"
+    assert r["best_by_val"]["strategy"] in ("hyperthermal", "none")
+    card = json.loads((s["root"] / "strategies" / "hyperthermal_T5_seed0" / "student.json").read_text())
+    assert (card["t0"], card["t1"], card["t2"]) == (5.0, 5.0, 5.0) and card["strategy"] == "hyperthermal"
     assert card["teacher"]["tta"] == "d4" and len(card["teacher"]["teachers"]) == 2
-    assert card["teacher"]["label_dtype"] == "float16"
+    assert card["teacher"]["label_dtype"] == "float16" and card["teacher"]["label_temperature"] == 10.0
+    assert card["teacher"]["label_shift"] == 2.0
+    assert (s["root"] / "strategies" / "none_seed0" / "student.keras").is_file()
