@@ -37,7 +37,7 @@ parity_images = 8
 fast = True                        # also write the clean fast-CPU export beside --onnx (student_fast.onnx), checked
                                    # on OpenVINO (the CPU default backend) against Keras
 cpu_int8 = False                   # also write student_int8.xml/.bin: the fast export quantised to full int8 (NNCF) for
-                                   # CPUs with VNNI / AMX (--precision=int8|auto on camera.py / evaluate.py), calibrated
+                                   # CPUs with VNNI / AMX / AVX2 (--precision=int8|auto on camera.py / evaluate.py), calibrated
                                    # like TensorRT INT8 (--calib_data, --calib_images, --calib_size), checked against
                                    # Keras, its validation F1 vs fp32 recorded in its card
 int8_per_channel = True            # --cpu_int8: weight scales per output channel (False: per tensor)

@@ -21,7 +21,9 @@ from crackseg.config import configure  # noqa: E402
 
 model = "student"               # .keras file or a preset name (untrained)
 size = 448                      # square input (multiple of 4)
-runs = 20                       # timed predict calls per backend (median reported)
+runs = 20                       # timed predict calls per backend and round (median reported)
+rounds = 1                      # >1: every backend timed again in this many interleaved rounds (drift on a shared
+                                # machine then reaches all rows alike; the median is over all rounds)
 warmup = 2
 images = 8                      # validation images for F1 / mask agreement (and int8 calibration)
 data = "../shared/datasets"     # dataset root; synthetic images when absent
@@ -86,13 +88,16 @@ def camera_model(spec: str) -> str:
 def main() -> dict:
     if size % 4:
         sys.exit(f"error: --size must be a multiple of 4, got {size}")
+    if rounds < 1:
+        sys.exit(f"error: --rounds must be at least 1, got {rounds}")
     machine = bench.machine_facts()
     print(f"machine: {machine['line']}; OpenVINO: {' '.join(machine.get('openvino_capabilities', []))}")
     pictures, masks, described = bench.benchmark_images(size, images, data, lists)
     print(f"images: {described}")
     report = {"command": " ".join(["python", "benchmark.py", *sys.argv[1:]]), "machine": machine,
-              "images": described, "size": size, "runs": runs, "memory": "peak RSS delta from before opening the "
-              "engine to its last timed run (sampled every 5 ms)"}
+              "images": described, "size": size, "runs": runs, "rounds": rounds,
+              "memory": "peak RSS delta from before opening the engine to its last timed run of round 1 (sampled "
+                        "every 5 ms)"}
     with tempfile.TemporaryDirectory(prefix="crackseg_benchmark_") as tmp:
         spec = model_spec(Path(tmp))
         peaks = bench.machine_peaks(threads=threads) if peak else {}
@@ -103,7 +108,7 @@ def main() -> dict:
         report["gflop_per_image"] = gflop
         rows = bench.backend_rows(spec, pictures, masks, runs, warmup, threads,
                                   tuple(s.strip() for s in skip.split(",") if s.strip()), gflop_per_image=gflop,
-                                  peaks={k: v["gflops"] for k, v in peaks.items()})
+                                  peaks={k: v["gflops"] for k, v in peaks.items()}, rounds=rounds)
         chosen, reason = default_choice(spec)
         for row in rows:
             if row["backend"] == "openvino" and row["precision"] == chosen and row["graph"] == (

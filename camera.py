@@ -27,9 +27,9 @@ model = "weights/student.onnx"    # .onnx | .engine | .keras | preset name (untr
 backend = "auto"                  # auto (CPU: openvino, see README.md (Inference speed)) | openvino | onnx | tensorrt | keras
 threshold = None                  # None: from the model card (default 0.5)
 precision = "auto"                # auto | fp32 | bf16 | int8 (OpenVINO). auto: int8 (student_int8.xml beside --model)
-                                  # where the CPU has VNNI / AMX and its card records validation F1 within 0.5 pt,
-                                  # else bf16 where the CPU reports BF16, else fp32; the model: line says which and
-                                  # why (docs/speed.md)
+                                  # where the CPU has VNNI / AMX / AVX2 and its card records validation F1 within
+                                  # 0.5 pt, else bf16 where the CPU reports BF16, else fp32; the model: line says
+                                  # which and why (docs/speed.md)
 max_side = 0                      # shrink frames so the longer side is at most this before inference (0: as read)
 mm_per_px = 0.0                   # millimetres per pixel of the frames as read (docs/measure.md): overlay, printed
                                   # line and stream stats in mm with the frame's worst severity (0: pixels)

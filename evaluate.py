@@ -36,9 +36,9 @@ json = None           # write the report here as JSON
 threshold = None      # None: the model card's (--model) or 0.5
 distance = 2          # tolerance of the tolerant metrics (Chebyshev pixels)
 backend = "auto"      # --model only: auto (CPU: openvino) | keras | onnx | openvino | tensorrt
-precision = "auto"    # --model only: auto (the fastest accurate one for this CPU: int8 with VNNI / AMX when the int8
-                      # model's card is within 0.5 pt F1, else bf16, else fp32; the model: line says why) | fp32 |
-                      # bf16 (OpenVINO, where the CPU reports BF16) | int8 (OpenVINO, student_int8.xml)
+precision = "auto"    # --model only: auto (the fastest accurate one for this CPU: int8 with VNNI / AMX / AVX2 when
+                      # the int8 model's card is within 0.5 pt F1, else bf16, else fp32; the model: line says why) |
+                      # fp32 | bf16 (OpenVINO, where the CPU reports BF16) | int8 (OpenVINO, student_int8.xml)
 throughput = True     # --model only: several asynchronous requests in flight (OpenVINO), decoding overlapped;
                       # images/s of the whole folder, plus the single-image latency. False: one image at a time
 subset = None         # a split list file: evaluate only the images it names

@@ -277,50 +277,81 @@ def time_predict(engine: Engine, image: np.ndarray, runs: int, warmup: int) -> l
 
 
 def measure(candidate: Candidate, images: list[np.ndarray], masks: list[np.ndarray], runs: int, warmup: int,
-            reference_masks: list[np.ndarray] | None) -> tuple[dict, list[np.ndarray]]:
-    """One benchmark row for ``candidate`` and its masks on ``images`` (for the agreement of later rows)."""
+            reference_masks: list[np.ndarray] | None) -> tuple[dict, list[np.ndarray], Engine, list[float]]:
+    """One benchmark row for ``candidate``, its masks on ``images`` (for the agreement of later rows), its engine,
+    still open (``backend_rows`` times it again in later rounds, then closes it), and the timed calls' seconds."""
     with PeakRss() as memory:
         engine = candidate.open()
         seconds = time_predict(engine, images[0], runs, warmup)
     predicted: list[np.ndarray] = []  # warmup=0: time_predict has already warmed the engine up
-    quality = evaluate_engine(engine, [LabelledImage(image, truth) for image, truth in zip(images, masks)],
-                              warmup=0, on_prediction=lambda prob: predicted.append(engine.mask(prob)))
-    engine.close()
-    latency = float(np.median(seconds)) * 1000
+    try:
+        quality = evaluate_engine(engine, [LabelledImage(image, truth) for image, truth in zip(images, masks)],
+                                  warmup=0, on_prediction=lambda prob: predicted.append(engine.mask(prob)))
+    except BaseException:
+        engine.close()
+        raise
     agreement = None
     if reference_masks is not None:
         same = sum(int((a == b).sum()) for a, b in zip(predicted, reference_masks))
         agreement = 100.0 * same / sum(m.size for m in predicted)
     row = {"backend": candidate.backend, "precision": candidate.precision, "graph": candidate.graph,
-           "images_per_s": 1000.0 / latency,
-           "latency_ms": latency, "ratio_vs_keras_fp32": None, "f1_delta": None,
+           "images_per_s": None, "latency_ms": None, "ratio_vs_keras_fp32": None, "f1_delta": None,
            "mask_agreement_pct": agreement, "f1": quality["strict"]["f1"], "gflops_per_s": None, "pct_of_peak": None,
-           "peak_rss_delta_mb": memory.delta_mb, "model_file": candidate.model_file, "note": candidate.note,
-           "runs": runs, "latency_min_ms": min(seconds) * 1000}
-    return row, predicted
+           "peak_rss_delta_mb": memory.delta_mb, "model_file": candidate.model_file, "note": candidate.note}
+    _set_timing(row, seconds)
+    return row, predicted, engine, seconds
+
+
+def _set_timing(row: dict, seconds: list[float]) -> None:
+    """Latency (median) and images/s of a row from all its timed calls."""
+    latency = float(np.median(seconds)) * 1000
+    row.update(images_per_s=1000.0 / latency, latency_ms=latency, runs=len(seconds),
+               latency_min_ms=min(seconds) * 1000)
 
 
 def backend_rows(model_spec: str, images: list[np.ndarray], masks: list[np.ndarray], runs: int, warmup: int,
                  threads: int = 0, skip: tuple[str, ...] = (), log: Callable[[str], None] = print,
-                 gflop_per_image: float | None = None, peaks: dict[str, float] | None = None) -> list[dict]:
+                 gflop_per_image: float | None = None, peaks: dict[str, float] | None = None,
+                 rounds: int = 1) -> list[dict]:
     """Measure every available backend on the same images; ratios and F1 deltas are against Keras fp32. With
     ``gflop_per_image`` each row gets its effective GFLOP/s, and with ``peaks`` (``peak_gflops``) its share of this
-    machine's peak in the row's precision."""
+    machine's peak in the row's precision.
+
+    ``rounds`` > 1 keeps every engine open and times them all again ``rounds - 1`` times, interleaved (each round in
+    the reverse order of the one before), with ``runs`` calls each: on a shared or throttled machine the speed
+    drifts over a run, and timing the rows one after another would hand that drift to whichever row ran then. Each
+    row's latency is the median of all its timed calls."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     with tempfile.TemporaryDirectory(prefix="crackseg_bench_") as tmp:
         found, _, _ = candidates(model_spec, Path(tmp), images, threads, skip)
-        rows, reference = [], None
-        for candidate in found:
-            log(f"measuring {candidate.backend} {candidate.precision} ...")
-            try:
-                row, predicted = measure(candidate, images, masks, runs, warmup, reference)
-            except (EngineError, RuntimeError, ValueError, ImportError) as exc:
-                log(f"  skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-                continue
-            if candidate.backend == "keras" and candidate.precision == "fp32":
-                reference = predicted
-                row["mask_agreement_pct"] = 100.0
-            rows.append(row)
-            log(f"  {row['latency_ms']:.0f} ms, {row['images_per_s']:.2f} images/s")
+        rows, reference, opened = [], None, []  # opened: (row, engine, its timed calls' seconds)
+        try:
+            for candidate in found:
+                log(f"measuring {candidate.backend} {candidate.precision} ...")
+                try:
+                    row, predicted, engine, seconds = measure(candidate, images, masks, runs, warmup, reference)
+                except (EngineError, RuntimeError, ValueError, ImportError) as exc:
+                    log(f"  skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                    continue
+                if rounds > 1:
+                    opened.append((row, engine, seconds))
+                else:  # one round: nothing to time again, and no engine holds memory while the next one is measured
+                    engine.close()
+                if candidate.backend == "keras" and candidate.precision == "fp32":
+                    reference = predicted
+                    row["mask_agreement_pct"] = 100.0
+                rows.append(row)
+                log(f"  {row['latency_ms']:.0f} ms, {row['images_per_s']:.2f} images/s")
+            for number in range(2, rounds + 1):
+                log(f"round {number} of {rounds} ...")
+                for row, engine, seconds in opened[::-1] if number % 2 == 0 else opened:
+                    seconds.extend(time_predict(engine, images[0], runs, 0))
+            for row, _, seconds in opened:
+                _set_timing(row, seconds)
+        finally:
+            for _, engine, _ in opened:
+                engine.close()
     base = next((r for r in rows if r["backend"] == "keras" and r["precision"] == "fp32"), None)
     for row in rows:
         if base:

@@ -30,7 +30,7 @@ import numpy as np
 from .card import CardError, card_path, read_card
 from .errors import EngineError
 from .keras_io import is_preset, load_deployable_keras, predict_probabilities  # no Keras import until called
-from .precision import (CPU_PRECISIONS, MAX_INT8_F1_DROP, PRECISIONS, int8_units, normalize_precision,
+from .precision import (CPU_PRECISIONS, MAX_INT8_F1_DROP, PRECISIONS, avx2_int8, int8_units, normalize_precision,
                         openvino_capabilities, openvino_cpu_config)
 from .preprocess import crop_back, prepare
 
@@ -317,23 +317,30 @@ def int8_validation(int8_path: Path) -> dict | None:
 def auto_precision(path_or_preset: str) -> tuple[str, str]:
     """What ``precision="auto"`` means for OpenVINO on this CPU: (precision, the reason, one line).
 
-    int8 where the CPU has int8 dot-product units (AMX, AVX-512 VNNI, AVX-VNNI) and an int8 model lies beside the
-    ``.onnx`` whose card records a validation F1 within 0.5 pt of fp32 (``MAX_INT8_F1_DROP``; TensorRT.py
+    int8 where the CPU has int8 dot-product units (AMX, AVX-512 VNNI, AVX-VNNI) or, without them, AVX2 (``avx2_int8``:
+    only the full-int8 IR there, whose first layer is kept from the 16-bit overflow), and an int8 model lies beside
+    the ``.onnx`` whose card records a validation F1 within 0.5 pt of fp32 (``MAX_INT8_F1_DROP``; TensorRT.py
     --cpu_int8 measures it); else bf16 where OpenVINO reports BF16; else fp32. Each fallback says why."""
     bf16 = "BF16" in openvino_capabilities()
     fallback = "bf16" if bf16 else "fp32"
     because = "OpenVINO reports BF16" if bf16 else "OpenVINO reports no BF16 on this CPU"
-    units = int8_units()
+    dot_units = int8_units()
+    units = dot_units or (["avx2 (no VNNI / AMX)"] if avx2_int8() else [])
     if not units:
-        return fallback, f"auto: {fallback} (no int8 dot-product units (VNNI / AMX) on this CPU; {because})"
+        return fallback, f"auto: {fallback} (no int8 dot-product units (VNNI / AMX) or AVX2 on this CPU; {because})"
+    has = f"CPU has {'/'.join(units)}"
     path = Path(path_or_preset)
     if path.suffix.lower() not in ONNX_SUFFIXES + OPENVINO_SUFFIXES:
-        return fallback, f"auto: {fallback} (CPU has {'/'.join(units)} but int8 needs the exported .onnx with its " \
+        return fallback, f"auto: {fallback} ({has} but int8 needs the exported .onnx with its " \
                          f"int8 model beside it, not {path.name}; {because})"
     int8 = path if path.stem.endswith(INT8_ONNX_SUFFIX) else int8_model_for(path)
     if not int8.is_file():
-        return fallback, (f"auto: {fallback} (CPU has {'/'.join(units)} but no {int8_ir_for(path).name} beside "
+        return fallback, (f"auto: {fallback} ({has} but no {int8_ir_for(path).name} beside "
                           f"{path.name}: python TensorRT.py --cpu_int8 writes it; {because})")
+    if not dot_units and int8.suffix.lower() not in OPENVINO_SUFFIXES:
+        return fallback, (f"auto: {fallback} ({has}: only the full-int8 {int8_ir_for(path).name} is taken there, a "
+                          f"QDQ {int8.name} may overflow AVX2's 16-bit sums; python TensorRT.py --cpu_int8 writes "
+                          f"the IR; {because})")
     try:
         check_same_model(path, int8)
     except EngineError:
@@ -346,7 +353,7 @@ def auto_precision(path_or_preset: str) -> tuple[str, str]:
     if delta < -MAX_INT8_F1_DROP:
         return fallback, (f"auto: {fallback} ({int8.name} loses {-100 * delta:.2f} pt validation F1, more than "
                           f"{100 * MAX_INT8_F1_DROP:g} pt; {because})")
-    return "int8", (f"auto: int8 (CPU has {'/'.join(units)}; {int8.name} validation F1 {100 * delta:+.2f} pt vs "
+    return "int8", (f"auto: int8 ({has}; {int8.name} validation F1 {100 * delta:+.2f} pt vs "
                     f"fp32 on {record.get('images', '?')} images)")
 
 
@@ -368,8 +375,8 @@ class OpenVinoEngine(Engine):
     faster kernels), latency hint, one stream, ``threads`` inference threads (0: all cores); compiled models are
     cached in ``cache_dir`` (``default_cache_dir()``; "" off). ``precision`` "fp32" keeps the fp32 masks; "bf16" is
     only honoured on CPUs that report BF16 (AMX / AVX-512 BF16); "int8" reads the int8 model beside the given
-    ``.onnx`` (``student_int8.xml``, else ``student_int8.onnx``; fast with VNNI / AMX), refused when its card names
-    another model; "auto" chooses one of them (``auto_precision``) and says why in ``choice``.
+    ``.onnx`` (``student_int8.xml``, else ``student_int8.onnx``; fastest with VNNI / AMX, faster than fp32 with
+    AVX2), refused when its card names another model; "auto" chooses one of them (``auto_precision``) and says why in ``choice``.
 
     ``predict_many`` is the throughput mode: its own compiled model per shape with the THROUGHPUT hint (several
     streams) and an ``AsyncInferQueue`` of as many requests as OpenVINO finds optimal.

@@ -1,7 +1,8 @@
 """One precision vocabulary (``fp32``, ``fp16``, ``bf16``, ``int8``) and what this CPU has for each of them.
 
 ``auto`` is not a precision but a request: ``crackseg.engines`` turns it into one, from the CPU's int8 dot-product units
-(``int8_units``: AMX, AVX-512 VNNI, AVX-VNNI), OpenVINO's BF16 capability and the int8 model's card. The old word
+(``int8_units``: AMX, AVX-512 VNNI, AVX-VNNI) or, without them, its AVX2 int8 kernels (``avx2_int8``), OpenVINO's
+BF16 capability and the int8 model's card. The old word
 ``f32`` is still accepted (``normalize_precision``); only the new words are printed or recorded. Nothing here imports a
 runtime at import time.
 """
@@ -58,6 +59,16 @@ def int8_units(flags: frozenset[str] | None = None) -> list[str]:
     """The int8 dot-product units this CPU has (AMX, AVX-512 VNNI, AVX-VNNI), by their /proc/cpuinfo flag names."""
     flags = cpu_flags() if flags is None else flags
     return [f for f in INT8_UNIT_FLAGS if f in flags]
+
+
+def avx2_int8(flags: frozenset[str] | None = None) -> bool:
+    """True on an AVX2 CPU without int8 dot-product units: OpenVINO then runs int8 with AVX2 byte multiplies summed
+    in 16-bit pairs (``jit_avx2_I8``). Still faster than fp32 (on the AVX2 EPYC: int8 peak 270 vs fp32 141 GFLOP/s,
+    the full-int8 student 1.62x OpenVINO fp32; docs/speed.md), but those 16-bit sums saturate on full-range int8
+    weights: NNCF's full-int8 IR keeps its first layer in 7 bits (NNCF's overflow fix, on by default) and kept F1
+    there; a Conv-only QDQ model with 8-bit weights lost 1.5 pt (``quantize_int8`` now writes 7-bit weights)."""
+    flags = cpu_flags() if flags is None else flags
+    return "avx2" in flags and not int8_units(flags)
 
 
 @lru_cache(maxsize=1)

@@ -107,3 +107,30 @@ def test_benchmark_writes_rows_with_the_right_keys(tmp_path):
     assert report["training"]["model_only_images_per_s"] > 0 and report["training"]["fit_images_per_s"] > 0
     assert "synthetic" in report["images"]
     assert "backend" in done.stdout and "images/s" in done.stdout
+
+
+def test_rounds_time_every_row_again_interleaved_and_close_the_engines(tiny_model, monkeypatch):
+    from crackseg import bench
+
+    opened, timed = [], []
+    real_time_predict = bench.time_predict
+
+    def time_predict(engine, image, runs, warmup):  # records which engine each timing call ran
+        if engine not in opened:
+            opened.append(engine)
+        timed.append(opened.index(engine))
+        return real_time_predict(engine, image, runs, warmup)
+
+    monkeypatch.setattr(bench, "time_predict", time_predict)
+    images = [np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)]
+    masks = [np.zeros((32, 32), bool)]
+    log = []
+    rows = bench.backend_rows(str(tiny_model["keras"]), images, masks, runs=2, warmup=1, log=log.append,
+                              skip=("onnxruntime", "openvino:int8", "openvino:fp32:plain", "keras:bf16"), rounds=3)
+    assert [(r["backend"], r["graph"]) for r in rows] == [("keras", "keras"), ("openvino", "fast")]
+    assert all(r["runs"] == 6 and r["latency_ms"] >= r["latency_min_ms"] > 0 for r in rows)  # 2 calls x 3 rounds
+    assert timed == [0, 1, 1, 0, 0, 1]  # round 1 in order, round 2 reversed, round 3 in order again
+    assert "round 3 of 3 ..." in log
+    assert isinstance(opened[1], OpenVinoEngine) and opened[1].model is None  # closed afterwards
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        bench.backend_rows(str(tiny_model["keras"]), images, masks, runs=1, warmup=0, rounds=0)

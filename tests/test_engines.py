@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,6 +216,7 @@ def test_sibling_exports_are_named_from_any_of_them():
 
 def test_int8_runs_the_quantised_model_beside_the_onnx_and_refuses_a_stale_one(tiny_model, tmp_path):
     import onnx
+    import onnx.numpy_helper
 
     from crackseg.io import sha256
     from crackseg.quantize import quantize_int8
@@ -232,6 +234,9 @@ def test_int8_runs_the_quantised_model_beside_the_onnx_and_refuses_a_stale_one(t
     convs = sum(n.op_type in ("Conv", "ConvTranspose") for n in graph.node)
     assert sum(n.op_type == "DequantizeLinear" for n in graph.node) >= 2 * convs  # weights and inputs of each
     assert any(i.data_type == onnx.TensorProto.INT8 for i in graph.initializer)  # int8 weights stored
+    # in 7 bits: full-range weights overflow the 16-bit pair sums of CPUs without VNNI (AVX2)
+    weights = [onnx.numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64
 
     image = images([(40, 56)], seed=2)[0]
     reference = open_engine(str(given), backend="openvino")
@@ -516,45 +521,67 @@ def test_precision_words_and_the_old_alias():
     assert openvino_cpu_config("bf16") == {"INFERENCE_PRECISION_HINT": "bf16"}
 
 
-def _int8_beside(tmp_path, tiny_model, f1_delta):
-    """tiny.onnx + its card, and a tiny_int8.onnx whose card records ``f1_delta`` (None: no validation record)."""
+def _int8_beside(tmp_path, tiny_model, f1_delta, ir=False):
+    """tiny.onnx + its card, and a tiny_int8.onnx (``ir``: a tiny_int8.xml IR) whose card records ``f1_delta``
+    (None: no validation record)."""
     from crackseg.io import sha256
 
     for name in ("tiny.onnx", "tiny.json"):
         shutil.copyfile(tiny_model["folder"] / name, tmp_path / name)
-    int8 = tmp_path / "tiny_int8.onnx"
-    shutil.copyfile(tiny_model["onnx"], int8)  # stands in for an int8 model: auto only reads its card
+    # stands in for an int8 model: auto only reads its card
+    if ir:
+        import openvino as ov
+
+        int8 = tmp_path / "tiny_int8.xml"
+        ov.save_model(ov.Core().read_model(str(tiny_model["onnx"])), str(int8))
+    else:
+        int8 = tmp_path / "tiny_int8.onnx"
+        shutil.copyfile(tiny_model["onnx"], int8)
     card = {**json.loads((tmp_path / "tiny.json").read_text()), "sha256": "a" * 64}  # the trained file's
     (tmp_path / "tiny.json").write_text(json.dumps(card))
     entry = {"file": int8.name, "sha256": sha256(int8)}
     if f1_delta is not None:
         entry["validation"] = {"images": 42, "f1_delta": f1_delta}
-    (tmp_path / "tiny_int8.json").write_text(json.dumps({**card, "exports": {"onnx_int8": entry}}))
+    exports = {"openvino_int8" if ir else "onnx_int8": entry}
+    (tmp_path / "tiny_int8.json").write_text(json.dumps({**card, "exports": exports}))
     return tmp_path / "tiny.onnx"
 
 
-@pytest.mark.parametrize("units, caps, f1_delta, chosen, because", [
-    (["amx_int8", "avx512_vnni"], ("FP32", "BF16"), -0.001, "int8", "CPU has amx_int8/avx512_vnni; tiny_int8.onnx "
-                                                                    "validation F1 -0.10 pt vs fp32 on 42 images"),
-    (["avx512_vnni"], ("FP32", "BF16"), -0.02, "bf16", "loses 2.00 pt validation F1, more than 0.5 pt"),
-    (["avx_vnni"], ("FP32",), None, "fp32", "card records no validation F1"),
-    ([], ("FP32", "BF16"), -0.001, "bf16", "no int8 dot-product units"),
-    ([], ("FP32",), -0.001, "fp32", "OpenVINO reports no BF16"),
+@pytest.mark.parametrize("units, avx2, caps, f1_delta, chosen, because", [
+    (["amx_int8", "avx512_vnni"], False, ("FP32", "BF16"), -0.001, "int8",
+     "CPU has amx_int8/avx512_vnni; tiny_int8.onnx validation F1 -0.10 pt vs fp32 on 42 images"),
+    (["avx512_vnni"], False, ("FP32", "BF16"), -0.02, "bf16", "loses 2.00 pt validation F1, more than 0.5 pt"),
+    (["avx_vnni"], False, ("FP32",), None, "fp32", "card records no validation F1"),
+    ([], False, ("FP32", "BF16"), -0.001, "bf16", "no int8 dot-product units (VNNI / AMX) or AVX2"),
+    ([], False, ("FP32",), -0.001, "fp32", "OpenVINO reports no BF16"),
+    # AVX2 without VNNI: int8 only from the full-int8 IR (NNCF's overflow fix), never from a Conv-only QDQ .onnx
+    ([], True, ("FP32",), -0.001, "fp32", "only the full-int8 tiny_int8.xml is taken there, a QDQ tiny_int8.onnx may"),
+    ([], True, ("FP32",), -0.001, "int8", "CPU has avx2 (no VNNI / AMX); tiny_int8.xml validation F1 -0.10 pt"),
 ])
-def test_auto_precision_follows_the_cpu_and_the_int8_card(tiny_model, tmp_path, monkeypatch, units, caps, f1_delta,
-                                                         chosen, because):
+def test_auto_precision_follows_the_cpu_and_the_int8_card(tiny_model, tmp_path, monkeypatch, units, avx2, caps,
+                                                         f1_delta, chosen, because):
     from crackseg import engines
 
     monkeypatch.setattr(engines, "int8_units", lambda: units)
+    monkeypatch.setattr(engines, "avx2_int8", lambda: avx2)
     monkeypatch.setattr(engines, "openvino_capabilities", lambda: caps)
-    given = _int8_beside(tmp_path, tiny_model, f1_delta)
+    given = _int8_beside(tmp_path, tiny_model, f1_delta, ir="tiny_int8.xml validation" in because)
     precision, reason = engines.auto_precision(str(given))
     assert precision == chosen and reason.startswith(f"auto: {chosen} (") and because in reason, reason
     engine = open_engine(str(given), precision="auto")
     assert engine.precision == chosen and engine.choice == reason
     assert engine.describe().endswith(reason) and "\n" not in engine.describe()
     if chosen == "int8":
-        assert engine.model_file == str(tmp_path / "tiny_int8.onnx")
+        assert Path(engine.model_file).name == ("tiny_int8.xml" if avx2 else "tiny_int8.onnx")
+
+
+def test_avx2_int8_means_avx2_without_dot_product_units():
+    from crackseg.precision import avx2_int8
+
+    assert avx2_int8(frozenset({"avx2", "fma"})) is True
+    assert avx2_int8(frozenset({"avx2", "fma", "avx512_vnni"})) is False  # the VNNI path, not the AVX2 one
+    assert avx2_int8(frozenset({"avx2", "avx_vnni"})) is False
+    assert avx2_int8(frozenset({"sse4_2"})) is False
 
 
 def test_auto_refuses_an_int8_model_of_another_model_and_names_the_missing_one(tiny_model, tmp_path, monkeypatch):
