@@ -376,7 +376,8 @@ class OpenVinoEngine(Engine):
     cached in ``cache_dir`` (``default_cache_dir()``; "" off). ``precision`` "fp32" keeps the fp32 masks; "bf16" is
     only honoured on CPUs that report BF16 (AMX / AVX-512 BF16); "int8" reads the int8 model beside the given
     ``.onnx`` (``student_int8.xml``, else ``student_int8.onnx``; fastest with VNNI / AMX, faster than fp32 with
-    AVX2), refused when its card names another model; "auto" chooses one of them (``auto_precision``) and says why in ``choice``.
+    AVX2), refused when its card names another model; "auto" chooses one of them (``auto_precision``) and says why
+    in ``choice``.
 
     ``predict_many`` is the throughput mode: its own compiled model per shape with the THROUGHPUT hint (several
     streams) and an ``AsyncInferQueue`` of as many requests as OpenVINO finds optimal.

@@ -2,9 +2,8 @@
 
 ``auto`` is not a precision but a request: ``crackseg.engines`` turns it into one, from the CPU's int8 dot-product units
 (``int8_units``: AMX, AVX-512 VNNI, AVX-VNNI) or, without them, its AVX2 int8 kernels (``avx2_int8``), OpenVINO's
-BF16 capability and the int8 model's card. The old word
-``f32`` is still accepted (``normalize_precision``); only the new words are printed or recorded. Nothing here imports a
-runtime at import time.
+BF16 capability and the int8 model's card. The old word ``f32`` is still accepted (``normalize_precision``); only the
+new words are printed or recorded. Nothing here imports a runtime at import time.
 """
 from __future__ import annotations
 
