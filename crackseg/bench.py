@@ -280,15 +280,18 @@ def measure(candidate: Candidate, images: list[np.ndarray], masks: list[np.ndarr
             reference_masks: list[np.ndarray] | None) -> tuple[dict, list[np.ndarray], Engine, list[float]]:
     """One benchmark row for ``candidate``, its masks on ``images`` (for the agreement of later rows), its engine,
     still open (``backend_rows`` times it again in later rounds, then closes it), and the timed calls' seconds."""
-    with PeakRss() as memory:
-        engine = candidate.open()
-        seconds = time_predict(engine, images[0], runs, warmup)
-    predicted: list[np.ndarray] = []  # warmup=0: time_predict has already warmed the engine up
+    predicted: list[np.ndarray] = []
+    engine = None
     try:
+        with PeakRss() as memory:
+            engine = candidate.open()
+            seconds = time_predict(engine, images[0], runs, warmup)
+        # warmup=0: time_predict has already warmed the engine up
         quality = evaluate_engine(engine, [LabelledImage(image, truth) for image, truth in zip(images, masks)],
                                   warmup=0, on_prediction=lambda prob: predicted.append(engine.mask(prob)))
-    except BaseException:
-        engine.close()
+    except BaseException:  # a failed row leaves no engine (threads, compiled models) behind
+        if engine is not None:
+            engine.close()
         raise
     agreement = None
     if reference_masks is not None:

@@ -134,3 +134,23 @@ def test_rounds_time_every_row_again_interleaved_and_close_the_engines(tiny_mode
     assert isinstance(opened[1], OpenVinoEngine) and opened[1].model is None  # closed afterwards
     with pytest.raises(ValueError, match="rounds must be at least 1"):
         bench.backend_rows(str(tiny_model["keras"]), images, masks, runs=1, warmup=0, rounds=0)
+
+
+def test_a_row_that_fails_closes_its_engine():
+    from crackseg import bench
+    from crackseg.engines import Engine, EngineError
+
+    closed = []
+
+    class Broken(Engine):
+        def _infer(self, batch):
+            raise EngineError("broken.onnx: the runtime gave up")
+
+        def close(self):
+            closed.append(self.name)
+
+    candidate = bench.Candidate("openvino", "int8", lambda: Broken("broken", 0.5), graph="full")
+    image = np.zeros((16, 16, 3), np.uint8)
+    with pytest.raises(EngineError, match="broken.onnx"):
+        bench.measure(candidate, [image], [np.zeros((16, 16), bool)], runs=1, warmup=0, reference_masks=None)
+    assert closed == ["broken"]
