@@ -27,8 +27,8 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration: list
     from ``calibration``: real RGB uint8 images, prepared as for inference), written atomically to ``out_path``.
 
     Weights use 7 of the 8 bits (``reduce_range``): without VNNI, uint8 x int8 products are summed in pairs into
-    saturating 16-bit registers (AVX2's vpmaddubsw), which full-range weights overflow; on the AVX2 EPYC that made an
-    untrained tiny student's output 3.6x further from fp32 (mean |diff| 0.058 against 0.016, five random models).
+    saturating 16-bit registers (AVX2's vpmaddubsw), which full-range weights overflow (on the AVX2 EPYC: −1.5 pt F1
+    on benchmark.py's crops with 8 bits, −0.17 pt with 7; docs/speed.md).
 
     Only Conv and ConvTranspose are quantised: ONNX Runtime has no int8 InstanceNormalization kernel, so the norms
     stay fp32 between them. OpenVINO runs the QDQ pairs as int8 convolutions (VNNI / AMX), ONNX Runtime too.

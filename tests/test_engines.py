@@ -547,32 +547,33 @@ def _int8_beside(tmp_path, tiny_model, f1_delta, ir=False):
     return tmp_path / "tiny.onnx"
 
 
-@pytest.mark.parametrize("units, avx2, caps, f1_delta, chosen, because", [
-    (["amx_int8", "avx512_vnni"], False, ("FP32", "BF16"), -0.001, "int8",
+@pytest.mark.parametrize("units, avx2, caps, beside, f1_delta, chosen, because", [
+    (["amx_int8", "avx512_vnni"], False, ("FP32", "BF16"), "onnx", -0.001, "int8",
      "CPU has amx_int8/avx512_vnni; tiny_int8.onnx validation F1 -0.10 pt vs fp32 on 42 images"),
-    (["avx512_vnni"], False, ("FP32", "BF16"), -0.02, "bf16", "loses 2.00 pt validation F1, more than 0.5 pt"),
-    (["avx_vnni"], False, ("FP32",), None, "fp32", "card records no validation F1"),
-    ([], False, ("FP32", "BF16"), -0.001, "bf16", "no int8 dot-product units (VNNI / AMX) or AVX2"),
-    ([], False, ("FP32",), -0.001, "fp32", "OpenVINO reports no BF16"),
+    (["avx512_vnni"], False, ("FP32", "BF16"), "onnx", -0.02, "bf16", "loses 2.00 pt validation F1, more than 0.5 pt"),
+    (["avx_vnni"], False, ("FP32",), "onnx", None, "fp32", "card records no validation F1"),
+    ([], False, ("FP32", "BF16"), "onnx", -0.001, "bf16", "no int8 dot-product units (VNNI / AMX) or AVX2"),
+    ([], False, ("FP32",), "onnx", -0.001, "fp32", "OpenVINO reports no BF16"),
     # AVX2 without VNNI: int8 only from the full-int8 IR (NNCF's overflow fix), never from a Conv-only QDQ .onnx
-    ([], True, ("FP32",), -0.001, "fp32", "only the full-int8 tiny_int8.xml is taken there, a QDQ tiny_int8.onnx may"),
-    ([], True, ("FP32",), -0.001, "int8", "CPU has avx2 (no VNNI / AMX); tiny_int8.xml validation F1 -0.10 pt"),
+    ([], True, ("FP32",), "onnx", -0.001, "fp32", "only the full-int8 tiny_int8.xml is taken there, a QDQ"),
+    ([], True, ("FP32",), "xml", -0.001, "int8", "CPU has avx2 (no VNNI / AMX); tiny_int8.xml validation F1 -0.10 pt"),
 ])
 def test_auto_precision_follows_the_cpu_and_the_int8_card(tiny_model, tmp_path, monkeypatch, units, avx2, caps,
-                                                         f1_delta, chosen, because):
+                                                         beside, f1_delta, chosen, because):
+    """``beside``: the int8 model next to tiny.onnx, a QDQ ``tiny_int8.onnx`` or a full-int8 IR ``tiny_int8.xml``."""
     from crackseg import engines
 
     monkeypatch.setattr(engines, "int8_units", lambda: units)
     monkeypatch.setattr(engines, "avx2_int8", lambda: avx2)
     monkeypatch.setattr(engines, "openvino_capabilities", lambda: caps)
-    given = _int8_beside(tmp_path, tiny_model, f1_delta, ir="tiny_int8.xml validation" in because)
+    given = _int8_beside(tmp_path, tiny_model, f1_delta, ir=beside == "xml")
     precision, reason = engines.auto_precision(str(given))
     assert precision == chosen and reason.startswith(f"auto: {chosen} (") and because in reason, reason
     engine = open_engine(str(given), precision="auto")
     assert engine.precision == chosen and engine.choice == reason
     assert engine.describe().endswith(reason) and "\n" not in engine.describe()
     if chosen == "int8":
-        assert Path(engine.model_file).name == ("tiny_int8.xml" if avx2 else "tiny_int8.onnx")
+        assert Path(engine.model_file).name == f"tiny_int8.{beside}"
 
 
 def test_avx2_int8_means_avx2_without_dot_product_units():
