@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -277,6 +277,25 @@ class Augmentation:
     @property
     def active(self) -> bool:
         return self != Augmentation()
+
+    @property
+    def components(self) -> list[str]:
+        """The names of the fields that differ from "none", in field order."""
+        return [key for key in self.__dataclass_fields__ if getattr(self, key) != getattr(Augmentation(), key)]
+
+    def without(self, component: str) -> "Augmentation":
+        """The same augmentation with ``component`` off (a leave-one-out arm of scripts/aug_ablation.py)."""
+        if component not in self.__dataclass_fields__:
+            raise DataError(f"augmentation has no component {component!r}")
+        return replace(self, **{component: getattr(Augmentation(), component)})
+
+    def spec(self) -> str:
+        """The ``--augment`` text that ``parse`` turns back into this augmentation ("none" when nothing is on)."""
+        parts = []
+        for key in self.components:
+            value = getattr(self, key)
+            parts.append(f"scale={value[0]:g}:{value[1]:g}" if key == "scale" else f"{key}={value:g}")
+        return ",".join(parts) or "none"
 
 
 def _resize(part: np.ndarray, size: int, kind: str) -> np.ndarray:

@@ -210,12 +210,19 @@ class DatasetReports:
             report["fps"] = report["images"] / seconds if seconds > 0 else 0.0
         return report
 
-    def result(self) -> dict:
-        """``MetricAccumulator.result()`` fields (+ ``fps``), and ``by_dataset``: ``{name: the same fields}``."""
+    def result(self, image_counts: bool = False) -> dict:
+        """``MetricAccumulator.result()`` fields (+ ``fps``), and ``by_dataset``: ``{name: the same fields}``;
+        ``image_counts``: each report also lists its per-image count rows (``metrics.paired_f1_difference``'s
+        input), so two models scored apart can be compared image by image later."""
         report = self._report(self.overall, sum(self.seconds.values()))
+        if image_counts:
+            report["image_counts"] = [list(row) for row in self.overall.image_counts]
         if self.datasets is not None:
             report["by_dataset"] = {name: self._report(acc, self.seconds.get(name, 0.0))
                                     for name, acc in sorted(self.datasets.items())}
+            if image_counts:
+                for name, acc in self.datasets.items():
+                    report["by_dataset"][name]["image_counts"] = [list(row) for row in acc.image_counts]
         return report
 
 
@@ -233,7 +240,7 @@ def evaluate_predictions(pairs: list[Pair], threshold: float | None = None, dist
 
 def evaluate_engine(engine: Engine, labelled: Iterable[LabelledImage], distance: int = 2, warmup: int = 1,
                     by_dataset: bool = False, on_prediction: Callable[[np.ndarray], None] | None = None,
-                    throughput: bool = False, latency_runs: int = 3) -> dict:
+                    throughput: bool = False, latency_runs: int = 3, image_counts: bool = False) -> dict:
     """The metrics report of ``engine`` (at its threshold) on ``labelled`` images, plus ``fps``: images per second
     of ``predict`` alone (decoding excluded) after ``warmup`` untimed calls on the first image.
 
@@ -243,9 +250,11 @@ def evaluate_engine(engine: Engine, labelled: Iterable[LabelledImage], distance:
     ``predict`` of the first image (``latency_runs`` runs after the warm-up), for comparison.
 
     ``on_prediction`` receives each probability map (e.g. to compare backends' masks without predicting twice).
+    ``image_counts``: see ``DatasetReports.result``.
     """
     if throughput:
-        return _evaluate_throughput(engine, labelled, distance, warmup, by_dataset, on_prediction, latency_runs)
+        return _evaluate_throughput(engine, labelled, distance, warmup, by_dataset, on_prediction, latency_runs,
+                                    image_counts)
     reports = DatasetReports(engine.threshold, distance, by_dataset)
     for i, item in enumerate(labelled):
         if i == 0:
@@ -256,17 +265,17 @@ def evaluate_engine(engine: Engine, labelled: Iterable[LabelledImage], distance:
         reports.update(prob, item.truth, item.dataset, time.perf_counter() - start)
         if on_prediction is not None:
             on_prediction(prob)
-    return reports.result()
+    return reports.result(image_counts)
 
 
 def _evaluate_throughput(engine: Engine, labelled: Iterable[LabelledImage], distance: int, warmup: int,
                          by_dataset: bool, on_prediction: Callable[[np.ndarray], None] | None,
-                         latency_runs: int) -> dict:
+                         latency_runs: int, image_counts: bool) -> dict:
     reports = DatasetReports(engine.threshold, distance, by_dataset)
     items = iter(labelled)
     first = next(items, None)
     if first is None:
-        return reports.result()
+        return reports.result(image_counts)
     for _ in range(max(warmup, 1)):
         engine.predict(first.image)  # compile / start-up is neither latency nor throughput
     seconds = []
@@ -289,7 +298,7 @@ def _evaluate_throughput(engine: Engine, labelled: Iterable[LabelledImage], dist
             on_prediction(prob)
         count += 1
     wall = time.perf_counter() - start
-    report = reports.result()
+    report = reports.result(image_counts)
     report["fps"] = count / wall if wall > 0 else 0.0
     report["latency_ms"] = float(np.median(seconds)) * 1000
     report["mode"] = "throughput"
@@ -297,13 +306,14 @@ def _evaluate_throughput(engine: Engine, labelled: Iterable[LabelledImage], dist
 
 
 def evaluate_model(model: str | Path, pairs: list[Pair], threshold: float | None = None, distance: int = 2,
-                   backend: str = "auto", precision: str = "fp32", throughput: bool = False) -> dict:
+                   backend: str = "auto", precision: str = "fp32", throughput: bool = False,
+                   image_counts: bool = False) -> dict:
     """``evaluate_engine`` of a model file on image pairs, plus the model's name, backend, the precision it ran at
     (and why, when ``precision="auto"`` chose it) and its one-line description; threshold default: the model
-    card's. ``throughput``: see ``evaluate_engine``."""
+    card's. ``throughput``, ``image_counts``: see ``evaluate_engine``."""
     with open_engine(str(model), backend, threshold, precision) as engine:
         report = evaluate_engine(engine, read_labelled(pairs, f"evaluate {engine.name}"), distance,
-                                 by_dataset=spans_datasets(pairs), throughput=throughput)
+                                 by_dataset=spans_datasets(pairs), throughput=throughput, image_counts=image_counts)
         return {**report, "model": str(model), "backend": engine.backend, "precision": engine.precision,
                 "precision_choice": engine.choice, "described": engine.describe()}
 

@@ -232,6 +232,12 @@ def train(folder: Path, strategy: str, seed: int, labels: str, passthrough: list
     if temps is not None:
         command += [f"--t0={temps[0]:g}", f"--t1={temps[1]:g}", f"--t2={temps[2]:g}"]
     command += flags
+    train_run(folder, command)
+
+
+def train_run(folder: Path, command: list[str]) -> None:
+    """Run one Train_3 ``command`` whose deployed student goes to ``folder``/student.keras, unless it is there;
+    a killed run resumes inside Train_3. The folder is refused to another command (``check_recipe``)."""
     check_recipe(folder, command)
     if run_finished(folder):
         print(f"{folder.name}: finished, not trained again", flush=True)

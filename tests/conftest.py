@@ -90,3 +90,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------- ablation scripts
+@pytest.fixture()
+def train3_in_process(monkeypatch) -> list[list[str]]:
+    """scripts/kd_ablation.py's ``run_train3`` (scripts/aug_ablation.py's too) runs Train_3 in this process
+    (TensorFlow already imported: seconds instead of a new interpreter each); returns the commands run."""
+    import runpy
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import kd_ablation
+
+    calls: list[list[str]] = []
+
+    def run(command: list[str]) -> int:
+        calls.append(command)
+        monkeypatch.setattr(sys, "argv", list(command))
+        try:
+            runpy.run_path(str(REPO / command[0]), run_name="__main__")
+        except SystemExit as exc:
+            return 1 if exc.code else 0
+        return 0
+
+    monkeypatch.setattr(kd_ablation, "run_train3", run)
+    return calls

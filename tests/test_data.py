@@ -448,6 +448,19 @@ def test_augmentation_spec_parsing_and_refusals():
             Augmentation.parse(bad)
 
 
+def test_augmentation_spec_round_trip_and_leave_one_out():
+    from crackseg.data import Augmentation
+
+    aug = Augmentation.parse("grey=0.1,scale=0.5:2,stripe=0.2")
+    assert aug.components == ["scale", "stripe", "grey"]  # field order, not the order written
+    assert aug.spec() == "scale=0.5:2,stripe=0.2,grey=0.1" and Augmentation.parse(aug.spec()) == aug
+    assert aug.without("scale") == Augmentation(stripe=0.2, grey=0.1)
+    assert aug.without("scale").without("stripe").without("grey").spec() == "none" == Augmentation().spec()
+    assert aug.without("blur") == aug  # already off
+    with pytest.raises(DataError, match="no component 'fog'"):
+        aug.without("fog")
+
+
 def test_scale_augmentation_resizes_image_and_mask_together():
     """A mask drawn from the image itself still matches it after a random resize (and crop / flip / turn)."""
     from crackseg.data import Augmentation

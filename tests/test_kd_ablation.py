@@ -87,24 +87,6 @@ def in_process(monkeypatch, capsys, script: str, *args: str) -> str:
 
 
 @pytest.fixture()
-def train3_in_process(monkeypatch):
-    """Train_3 runs in this process (TensorFlow already imported: seconds instead of a new interpreter each)."""
-    calls = []
-
-    def run(command):
-        calls.append(command)
-        monkeypatch.setattr(sys, "argv", list(command))
-        try:
-            runpy.run_path(str(REPO / command[0]), run_name="__main__")
-        except SystemExit as exc:
-            return 1 if exc.code else 0
-        return 0
-
-    monkeypatch.setattr(kd_ablation, "run_train3", run)
-    return calls
-
-
-@pytest.fixture()
 def fake_train3(monkeypatch, tiny_setup):
     """A stand-in for Train_3 that deploys the untrained tiny student with a card (threshold by arm and seed, so the
     arms score differently): the ablation's bookkeeping without minutes of training per run. ``kill`` names a run

@@ -1,0 +1,139 @@
+"""scripts/aug_ablation.py: the arms of an augmentation, the verdict rule on hand-made per-image counts, and a real
+two-arm ablation on two tiny synthetic datasets (train, score, cache, resume)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import aug_ablation  # noqa: E402
+
+FULL = "scale=0.5:2,blur=0.2,jpeg=0.3,shadow=0.3,stripe=0.2,grey=0.2"
+TINY = ("--width=4", "--blocks=1", "--epochs=1", "--crop=64", "--batch_size=4", "--profile_size=64",
+        "--samples_per_epoch=0", "--strategy=none", "--alpha=0")
+
+
+# ---------------------------------------------------------------------------------------------- arms and flags
+def test_arms_of_the_full_augmentation():
+    runs = aug_ablation.plan_arms(FULL, "", seed=0, replicate_seeds=[1, 0])
+    assert [r["name"] for r in runs] == ["full", "no_scale", "no_blur", "no_jpeg", "no_shadow", "no_stripe",
+                                         "no_grey", "none", "full_seed1"]  # seed 0 is full itself: not twice
+    by_name = {r["name"]: r for r in runs}
+    assert by_name["no_scale"]["augment"] == "blur=0.2,jpeg=0.3,shadow=0.3,stripe=0.2,grey=0.2"
+    assert by_name["no_grey"]["augment"] == "scale=0.5:2,blur=0.2,jpeg=0.3,shadow=0.3,stripe=0.2"
+    assert by_name["none"]["augment"] == "none" and by_name["full_seed1"] == {
+        "name": "full_seed1", "arm": "full", "augment": FULL, "seed": 1}
+    chosen = aug_ablation.plan_arms(FULL, "no_stripe,none,no_scale", seed=3)
+    assert [(r["name"], r["seed"]) for r in chosen] == [("full", 3), ("no_stripe", 3), ("none", 3), ("no_scale", 3)]
+    with pytest.raises(SystemExit, match="unknown arm 'no_fog'.*no_grey, none"):
+        aug_ablation.plan_arms(FULL, "no_fog")
+    with pytest.raises(SystemExit, match="augmentation 'fog=1'"):
+        aug_ablation.plan_arms("fog=1")
+
+
+def test_arguments():
+    own, passthrough = aug_ablation.parse_args([f"--augment={FULL}", "--epochs=2", "--arms=none"])
+    assert own["augment"] == FULL and own["arms"] == "none"
+    assert passthrough == ["--epochs=2", "--data=../shared/datasets", "--lists=datasets/splits"]
+    for bad, why in (("--seed", "needs a value"), ("--deploy=x.keras", "set by aug"), ("stray", "unexpected argument")):
+        with pytest.raises(SystemExit, match=why):
+            aug_ablation.parse_args([f"--augment={FULL}", bad])
+    with pytest.raises(SystemExit, match="must name the full augmentation"):
+        aug_ablation.parse_args(["--augment=none"])
+    with pytest.raises(SystemExit, match="must name the full augmentation"):
+        aug_ablation.parse_args([])  # no recipe, no --augment
+    own, passthrough = aug_ablation.parse_args(["recipes/aug_ablation_four.py"])  # the recipe sets the full arm
+    assert own["augment"] == FULL and passthrough[0] == "recipes/aug_ablation_four.py"
+
+
+# ---------------------------------------------------------------------------------------------- the verdicts
+def report(per_dataset: dict[str, tuple[int, int, int]], images: int = 20) -> dict:
+    """A validation report whose every image of a dataset has the same (tp, fp, fn) counts (tolerant = strict)."""
+    parts = {}
+    for name, (tp, fp, fn) in per_dataset.items():
+        f1 = 2 * tp / (2 * tp + fp + fn)
+        parts[name] = {"images": images, "strict": {"f1": f1}, "tolerant": {"f1": f1},
+                       "image_counts": [[tp, fp, fn, tp, fp, tp, tp + fn]] * images}
+    return {"threshold": 0.5, "by_dataset": parts}
+
+
+def test_verdicts_on_hand_made_counts():
+    """Dataset A: without the component every image loses half its crack pixels (F1 1 -> 2/3): it helped. B: the
+    same counts: not resolved. C: better without it (F1 2/3 -> 1): it hurt. A seed replicate of full that lands
+    0.4 away on A makes A's -1/3 unresolved too."""
+    full = report({"A": (10, 0, 0), "B": (5, 5, 0), "C": (5, 0, 5)})
+    arm = report({"A": (5, 0, 5), "B": (5, 5, 0), "C": (10, 0, 0)})
+    runs = [{"name": "full", "arm": "full", "augment": "grey=0.5", "seed": 0},
+            {"name": "no_grey", "arm": "no_grey", "augment": "none", "seed": 0}]
+    r = aug_ablation.ablation_results(runs, {"full": full, "no_grey": arm}, ["--epochs=1"])
+    row = r["runs"][1]
+    assert row["minus_full"]["A"]["strict_f1"]["difference"] == pytest.approx(2 / 3 - 1)
+    assert row["minus_full"]["A"]["strict_f1"]["interval"] == pytest.approx([2 / 3 - 1, 2 / 3 - 1])
+    assert row["verdict"] == {"A": "helped", "B": "not resolved", "C": "hurt"}
+    assert row["mean_strict_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3) and r["runs"][0]["threshold"] == 0.5
+    assert "verdict" not in r["runs"][0] and r["replicate_spread"] == {} and "--augment=ARM" in r["recipe"]
+
+    replicate = report({"A": (6, 0, 4), "B": (5, 5, 0), "C": (5, 0, 5)})  # A: F1 0.75, 0.25 below full
+    runs.append({"name": "full_seed1", "arm": "full", "augment": "grey=0.5", "seed": 1})
+    r = aug_ablation.ablation_results(runs, {"full": full, "no_grey": arm, "full_seed1": replicate}, [])
+    assert r["replicates"] == ["full_seed1"] and r["replicate_spread"]["A"] == pytest.approx(0.25)
+    assert r["runs"][1]["verdict"]["A"] == "helped"  # -0.333 is beyond the replicate's 0.25
+    wide = report({"A": (4, 0, 6), "B": (5, 5, 0), "C": (5, 0, 5)})  # A: F1 4/7, 0.43 below full
+    r = aug_ablation.ablation_results(runs, {"full": full, "no_grey": arm, "full_seed1": wide}, [])
+    assert r["runs"][1]["verdict"] == {"A": "not resolved", "B": "not resolved", "C": "hurt"}
+    table = aug_ablation.format_table(r)
+    assert "no_grey" in table and "-0.333 [-0.333,-0.333]" in table and "A not resolved" in table
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def two_roads(tmp_path_factory) -> dict:
+    """Two tiny synthetic datasets (RoadA, RoadB) under one root, with train / val lists spanning both."""
+    from crackseg.data import find_samples, write_list
+    from datasets.synthetic import make_dataset
+
+    root = tmp_path_factory.mktemp("aug_ablation")
+    data = root / "data"
+    make_dataset(data / "RoadA", 6, (96, 128), seed=0)
+    make_dataset(data / "RoadB", 6, (96, 128), seed=1)
+    for path in (data / "RoadB").rglob("*.png"):  # stems must be unique across datasets
+        path.rename(path.with_name("b" + path.name))
+    samples = sorted(find_samples(str(data)), key=lambda s: s.id)
+    lists = root / "lists"
+    lists.mkdir()
+    write_list(lists / "train.txt", samples[:4] + samples[6:10])
+    write_list(lists / "val.txt", samples[4:6] + samples[10:])
+    return {"root": root, "data": str(data), "lists": str(lists)}
+
+
+def test_two_arms_with_the_real_train3_then_resume(two_roads, monkeypatch, capsys, train3_in_process):
+    calls = train3_in_process
+    monkeypatch.chdir(REPO)
+    out, results = two_roads["root"] / "runs", two_roads["root"] / "aug_ablation.json"
+    args = ["--augment=scale=0.8:1.25,grey=0.5", "--arms=none", "--replicate_seeds=", f"--data={two_roads['data']}",
+            f"--lists={two_roads['lists']}", f"--out={out}", f"--results={results}", *TINY]
+    aug_ablation.main(args)
+    printed = capsys.readouterr().out
+    assert [c[-4:] for c in calls] == [
+        ["--augment=scale=0.8:1.25,grey=0.5", "--seed=0", f"--out={out / 'full'}", f"--deploy={out / 'full' / 'student.keras'}"],
+        ["--augment=none", "--seed=0", f"--out={out / 'none'}", f"--deploy={out / 'none' / 'student.keras'}"]]
+    assert json.loads((out / "none" / "student.json").read_text())["augment"] == "none"
+    r = json.loads(results.read_text())
+    assert [x["name"] for x in r["runs"]] == ["full", "none"]
+    none = r["runs"][1]
+    assert set(none["by_dataset"]) == {"RoadA", "RoadB"} and none["by_dataset"]["RoadA"]["images"] == 2
+    assert set(none["verdict"]) == {"RoadA", "RoadB"} and none["minus_full"]["RoadB"]["images"] == 2
+    assert "results:" in printed and "none" in printed.split("verdicts")[0]
+
+    cached = (out / "none" / "eval_val.json").stat().st_mtime_ns
+    calls.clear()
+    aug_ablation.main(args)  # everything finished: nothing trained or scored again
+    assert calls == [] and (out / "none" / "eval_val.json").stat().st_mtime_ns == cached
+    assert "finished, not trained again" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="made by .*use another --out"):
+        aug_ablation.main([a.replace("--epochs=1", "--epochs=2") for a in args])
