@@ -291,10 +291,14 @@ class Augmentation:
 
     def spec(self) -> str:
         """The ``--augment`` text that ``parse`` turns back into this augmentation ("none" when nothing is on)."""
+        def text(x: float) -> str:
+            short = f"{x:g}"
+            return short if float(short) == x else repr(x)  # %g keeps 6 digits: exact where it can be
+
         parts = []
         for key in self.components:
             value = getattr(self, key)
-            parts.append(f"scale={value[0]:g}:{value[1]:g}" if key == "scale" else f"{key}={value:g}")
+            parts.append(f"scale={text(value[0])}:{text(value[1])}" if key == "scale" else f"{key}={text(value)}")
         return ",".join(parts) or "none"
 
 

@@ -21,6 +21,8 @@ One run folder per arm under --out (``full/``, ``no_scale/``, ``full_seed1/``, .
 student ``student.keras`` + card inside, and ``eval_val.json`` (cached per model file). Re-run the same command after
 a kill: finished runs are not trained again, unfinished ones resume inside Train_3, only missing evaluations are done,
 and the results file is rewritten atomically after each run. The run helpers are scripts/kd_ablation.py's.
+Relative paths (recipe files, --data, --lists, --out, --results) are taken from the repository root, where the
+script and Train_3 run.
 """
 from __future__ import annotations
 
@@ -47,26 +49,21 @@ DEFAULTS = {
     "results": "results/aug_ablation.json",
     "distance": "2",                    # tolerant F1 distance (pixels), as evaluate.py
 }
-OWNED_BY_SCRIPT = ("augment", "seed", "out", "deploy")  # Train_3 flags set per run
+OWNED_BY_SCRIPT = ("deploy",)  # a Train_3 flag set per run (--augment, --seed and --out are this script's own)
 RULE = ("per dataset: arm - full strict F1 on the same validation images, paired bootstrap 95 % interval "
         "(1000 resamples); removing a component 'helped' when the interval lies below 0 and the drop exceeds "
-        "the largest |replicate - full| of that dataset, 'hurt' when it lies above 0 by more than that, "
-        "else 'not resolved'")
+        "the largest |replicate - full| of that dataset (0 without replicates), 'hurt' when it lies above 0 by "
+        "more than that, else 'not resolved'; 'pending' while a planned replicate is not finished")
 
 
 # ---------------------------------------------------------------------------------------------- arguments
 def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
     """(this script's options, the recipe files and flags passed through to Train_3_Step.py)."""
-    from crackseg.config import ConfigError, read_recipe, split_recipes
+    from crackseg.config import split_recipes
 
     recipes, argv = split_recipes(argv)
-    own, passthrough = dict(DEFAULTS), list(recipes)
-    for recipe in recipes:
-        try:
-            written = read_recipe(Path(REPO, recipe))
-        except ConfigError as exc:
-            raise AblationError(str(exc)) from None
-        own.update({k: str(v) for k, v in written.items() if k in ("augment", "data", "lists", "seed")})
+    own = {**DEFAULTS, **kd_ablation.recipe_defaults(recipes, keys=("augment", "data", "lists", "seed"))}
+    passthrough = list(recipes)
     for arg in argv:
         if arg in ("-h", "--help"):
             print(__doc__)
@@ -87,14 +84,10 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
     if not own["augment"] or own["augment"].strip().lower() in ("none", "off"):
         raise AblationError("--augment (or a recipe's augment) must name the full augmentation, e.g. "
                             "scale=0.5:2,blur=0.2,jpeg=0.3,shadow=0.3,stripe=0.2,grey=0.2")
+    if not Path(REPO, own["lists"], "val.txt").is_file():  # checked before hours of training, not after
+        raise AblationError(f"--lists={own['lists']}: no val.txt there (the arms are scored on that list; "
+                            f"the seeded split of --lists=none is not supported here)")
     return own, passthrough
-
-
-def seed_list(text: str, what: str) -> list[int]:
-    try:
-        return [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise AblationError(f"--{what} expects integers, comma-separated, got {text!r}") from None
 
 
 def plan_arms(augment: str, arms: str = "", seed: int = 0, replicate_seeds: list[int] | None = None) -> list[dict]:
@@ -112,11 +105,13 @@ def plan_arms(augment: str, arms: str = "", seed: int = 0, replicate_seeds: list
     unknown = [a for a in chosen if a not in specs]
     if unknown:
         raise AblationError(f"--arms: unknown arm {unknown[0]!r}; the arms of {full.spec()} are {', '.join(specs)}")
-    if "full" not in chosen:
-        chosen.insert(0, "full")
-    runs = [{"name": arm, "arm": arm, "augment": specs[arm], "seed": seed} for arm in dict.fromkeys(chosen)]
+    runs, trained = [], set()
+    for arm in ["full", *chosen]:
+        if specs[arm] not in trained:  # one component: no_X is none, trained once
+            runs.append({"name": arm, "arm": arm, "augment": specs[arm], "seed": seed})
+            trained.add(specs[arm])
     runs += [{"name": f"full_seed{s}", "arm": "full", "augment": specs["full"], "seed": s}
-             for s in (replicate_seeds or []) if s != seed]
+             for s in dict.fromkeys(replicate_seeds or []) if s != seed]
     return runs
 
 
@@ -133,19 +128,25 @@ def train(folder: Path, run: dict, passthrough: list[str]) -> None:
 
 
 def evaluate(folder: Path, own: dict) -> dict:
-    """The deployed student's validation report at its card threshold, per dataset with per-image counts; cached
-    in ``eval_val.json`` while the model file is unchanged."""
+    """The deployed student's validation report at its card threshold, per dataset with per-image counts (a list
+    of one dataset is reported as that dataset), plus its ``model`` and ``sha256``; cached in ``eval_val.json``
+    while the model file, the validation list, the data folder and --distance are the same."""
     from crackseg.evaluation import dataset_pairs, evaluate_model
     from crackseg.io import atomic_write_json, sha256
 
     model, path = Path(REPO, folder, "student.keras"), Path(REPO, folder, "eval_val.json")
-    digest = sha256(model)
+    subset = Path(REPO, own["lists"], "val.txt")
+    key = {"sha256": sha256(model), "val_list_sha256": sha256(subset), "data": own["data"],
+           "distance": int(own["distance"])}
     cached = json.loads(path.read_text()) if path.is_file() else {}
-    if cached.get("sha256") == digest:
+    if cached.get("key") == key:
         return cached["report"]
-    pairs = dataset_pairs(own["data"], subset=Path(REPO, own["lists"], "val.txt"))
-    report = evaluate_model(model, pairs, distance=int(own["distance"]), image_counts=True)
-    atomic_write_json(path, {"sha256": digest, "report": report})
+    pairs = dataset_pairs(own["data"], subset=subset)
+    report = evaluate_model(model, pairs, distance=key["distance"], image_counts=True)
+    if "by_dataset" not in report:
+        report["by_dataset"] = {pairs[0].dataset: {k: v for k, v in report.items() if k != "model"}}
+    report.update({"model": str(folder / "student.keras"), "sha256": key["sha256"]})
+    atomic_write_json(path, {"key": key, "report": report})
     return report
 
 
@@ -162,8 +163,14 @@ def differences(base: dict, other: dict) -> dict:
     """``{dataset: paired_f1_difference(base, other)}`` (other - base) on the same validation images."""
     from crackseg.metrics import paired_f1_difference
 
-    return {name: paired_f1_difference(base["by_dataset"][name]["image_counts"], part["image_counts"])
-            for name, part in other["by_dataset"].items()}
+    out = {}
+    for name, part in other["by_dataset"].items():
+        rows = base["by_dataset"].get(name, {}).get("image_counts", [])
+        if len(rows) != len(part["image_counts"]):
+            raise AblationError(f"{name}: {len(part['image_counts'])} validation images against full's {len(rows)}; "
+                                f"the arms were scored on different lists (use another --out)")
+        out[name] = paired_f1_difference(rows, part["image_counts"])
+    return out
 
 
 def verdict(difference: dict, replicate_spread: float | None) -> str:
@@ -179,15 +186,18 @@ def verdict(difference: dict, replicate_spread: float | None) -> str:
 
 
 def ablation_results(runs: list[dict], reports: dict[str, dict], passthrough: list[str]) -> dict:
-    """The results file: each finished run's scores, its paired difference from full, and the verdicts."""
+    """The results file: each finished run's scores, its paired difference from full, and the verdicts ("pending"
+    while a planned replicate of full is not finished: its spread could still change them)."""
     base = reports.get("full")
-    replicates = [r["name"] for r in runs if r["arm"] == "full" and r["name"] != "full" and r["name"] in reports]
+    planned = [r["name"] for r in runs if r["arm"] == "full" and r["name"] != "full"]
+    replicates = [name for name in planned if name in reports]
     spread: dict[str, float] = {}
     out_runs = []
     for run in runs:
         if run["name"] not in reports:
             continue
-        entry = {**run, **dataset_scores(reports[run["name"]])}
+        report = reports[run["name"]]
+        entry = {**run, "model": report["model"], "sha256": report["sha256"], **dataset_scores(report)}
         if base is not None and run["name"] != "full":
             diff = differences(base, reports[run["name"]])
             entry["minus_full"] = diff
@@ -197,18 +207,21 @@ def ablation_results(runs: list[dict], reports: dict[str, dict], passthrough: li
         out_runs.append(entry)
     for entry in out_runs:
         if entry["arm"] != "full" and "minus_full" in entry:
-            entry["verdict"] = {name: verdict(d, spread.get(name)) for name, d in entry["minus_full"].items()}
+            entry["verdict"] = {name: verdict(d, spread.get(name)) if len(replicates) == len(planned) else "pending"
+                                for name, d in entry["minus_full"].items()}
     return {"recipe": "python Train_3_Step.py " + " ".join(passthrough) + " --augment=ARM --seed=SEED",
-            "rule": RULE, "replicates": replicates, "replicate_spread": spread, "runs": out_runs}
+            "rule": RULE, "replicates": replicates, "replicates_pending": [n for n in planned if n not in replicates],
+            "replicate_spread": spread, "runs": out_runs}
 
 
 def format_table(results: dict) -> str:
-    """One row per run: the card threshold, mean and per-dataset strict F1 with arm - full and its verdict."""
+    """One row per run: the card threshold, mean and per-dataset strict F1 with arm - full [its paired interval],
+    then the verdicts."""
     runs = results["runs"]
     if not runs:
         return "no finished runs"
     names = sorted(runs[0]["by_dataset"])
-    lines = [f"{'run':<14}{'threshold':>10}{'mean':>8}" + "".join(f"{n:>28}" for n in names)]
+    lines = [f"{'run':<14}{'threshold':>10}{'mean':>8}" + "".join(f"  {n:>31}" for n in names)]
     for r in runs:
         cells = []
         for n in names:
@@ -216,7 +229,7 @@ def format_table(results: dict) -> str:
             if "minus_full" in r:
                 d = r["minus_full"][n]["strict_f1"]
                 cell += f" {d['difference']:+.3f} [{d['interval'][0]:+.3f},{d['interval'][1]:+.3f}]"
-            cells.append(f"{cell:>28}")
+            cells.append(f"  {cell:>31}")
         lines.append(f"{r['name']:<14}{r['threshold']:>10.2f}{r['mean_strict_f1']:>8.3f}" + "".join(cells))
     lines.append("verdicts (removing the component): " + "; ".join(
         f"{r['name']}: " + ", ".join(f"{n} {v}" for n, v in r["verdict"].items()) for r in runs if "verdict" in r))
@@ -231,15 +244,17 @@ def main(argv: list[str] | None = None) -> dict:
     from crackseg.io import atomic_write_json
 
     own, passthrough = parse_args(list(sys.argv[1:] if argv is None else argv))
-    seed = seed_list(own["seed"], "seed")
+    seed = kd_ablation.int_list(own["seed"], "seed")
     if len(seed) != 1:
         raise AblationError(f"--seed expects one integer, got {own['seed']!r}")
-    runs = plan_arms(own["augment"], own["arms"], seed[0], seed_list(own["replicate_seeds"], "replicate_seeds"))
+    runs = plan_arms(own["augment"], own["arms"], seed[0],
+                     kd_ablation.int_list(own["replicate_seeds"], "replicate_seeds", allow_empty=True))
     os.chdir(REPO)  # relative paths (--data, --out, ...) mean the same here and in Train_3
     if argv is None:  # as a script: SIGTERM ends like Ctrl+C (the running Train_3 is stopped, see run_train3)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     reports: dict[str, dict] = {}
     results: dict = {}
+    Path(own["results"]).parent.mkdir(parents=True, exist_ok=True)
     try:
         for run in runs:
             folder = Path(own["out"], run["name"])

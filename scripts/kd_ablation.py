@@ -74,9 +74,9 @@ class AblationError(SystemExit):
 RECIPE_SETS_DEFAULT = ("data", "lists", "val_fraction", "labels", "strategy")  # recipe values this script reads too
 
 
-def recipe_defaults(recipes: list[str]) -> dict[str, str]:
-    """The values of RECIPE_SETS_DEFAULT that the Train_3 recipe files set (later files win), as this script's
-    defaults; a recipe's strategy "none" is the other arm, so it does not become the kd arm's strategy."""
+def recipe_defaults(recipes: list[str], keys: tuple[str, ...] = RECIPE_SETS_DEFAULT) -> dict[str, str]:
+    """The values of ``keys`` that the Train_3 recipe files set (later files win), as this script's defaults; a
+    recipe's strategy "none" is the other arm, so it does not become the kd arm's strategy."""
     from crackseg.config import ConfigError, read_recipe
 
     values: dict[str, str] = {}
@@ -85,7 +85,7 @@ def recipe_defaults(recipes: list[str]) -> dict[str, str]:
             written = read_recipe(Path(REPO, recipe))
         except ConfigError as exc:
             raise AblationError(str(exc)) from None
-        values.update({k: str(v) for k, v in written.items() if k in RECIPE_SETS_DEFAULT})
+        values.update({k: str(v) for k, v in written.items() if k in keys})
     if values.get("strategy") == "none":
         del values["strategy"]
     return values
@@ -126,12 +126,12 @@ def parse_args(argv: list[str]) -> tuple[dict, list[str]]:
     return own, passthrough
 
 
-def int_list(text: str, what: str) -> list[int]:
+def int_list(text: str, what: str, allow_empty: bool = False) -> list[int]:
     try:
         values = [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         raise AblationError(f"--{what} expects integers, comma-separated, got {text!r}") from None
-    if not values or len(set(values)) != len(values):
+    if (not values and not allow_empty) or len(set(values)) != len(values):
         raise AblationError(f"--{what} needs distinct values, got {text!r}")
     return values
 

@@ -28,8 +28,11 @@ def test_arms_of_the_full_augmentation():
     assert by_name["no_grey"]["augment"] == "scale=0.5:2,blur=0.2,jpeg=0.3,shadow=0.3,stripe=0.2"
     assert by_name["none"]["augment"] == "none" and by_name["full_seed1"] == {
         "name": "full_seed1", "arm": "full", "augment": FULL, "seed": 1}
-    chosen = aug_ablation.plan_arms(FULL, "no_stripe,none,no_scale", seed=3)
+    chosen = aug_ablation.plan_arms(FULL, "no_stripe,none,full,no_scale", seed=3)
     assert [(r["name"], r["seed"]) for r in chosen] == [("full", 3), ("no_stripe", 3), ("none", 3), ("no_scale", 3)]
+    one = aug_ablation.plan_arms("grey=0.5", "", replicate_seeds=[2, 2])  # no_grey is none: trained once
+    assert [(r["name"], r["augment"]) for r in one] == [("full", "grey=0.5"), ("no_grey", "none"),
+                                                        ("full_seed2", "grey=0.5")]
     with pytest.raises(SystemExit, match="unknown arm 'no_fog'.*no_grey, none"):
         aug_ablation.plan_arms(FULL, "no_fog")
     with pytest.raises(SystemExit, match="augmentation 'fog=1'"):
@@ -49,17 +52,22 @@ def test_arguments():
         aug_ablation.parse_args([])  # no recipe, no --augment
     own, passthrough = aug_ablation.parse_args(["recipes/aug_ablation_four.py"])  # the recipe sets the full arm
     assert own["augment"] == FULL and passthrough[0] == "recipes/aug_ablation_four.py"
+    with pytest.raises(SystemExit, match="--lists=none: no val.txt there"):  # before any training
+        aug_ablation.parse_args([f"--augment={FULL}", "--lists=none"])
 
 
 # ---------------------------------------------------------------------------------------------- the verdicts
-def report(per_dataset: dict[str, tuple[int, int, int]], images: int = 20) -> dict:
-    """A validation report whose every image of a dataset has the same (tp, fp, fn) counts (tolerant = strict)."""
+def report(per_dataset: dict[str, tuple[int, int, int] | list[tuple[int, int, int]]], images: int = 20) -> dict:
+    """A validation report from per-image (tp, fp, fn) counts (tolerant = strict): one triple for all ``images``
+    images of a dataset, or a list with one triple per image."""
     parts = {}
-    for name, (tp, fp, fn) in per_dataset.items():
+    for name, counts in per_dataset.items():
+        rows = counts if isinstance(counts, list) else [counts] * images
+        tp, fp, fn = (sum(r[i] for r in rows) for i in range(3))
         f1 = 2 * tp / (2 * tp + fp + fn)
-        parts[name] = {"images": images, "strict": {"f1": f1}, "tolerant": {"f1": f1},
-                       "image_counts": [[tp, fp, fn, tp, fp, tp, tp + fn]] * images}
-    return {"threshold": 0.5, "by_dataset": parts}
+        parts[name] = {"images": len(rows), "strict": {"f1": f1}, "tolerant": {"f1": f1},
+                       "image_counts": [[a, b, c, a, b, a, a + c] for a, b, c in rows]}
+    return {"threshold": 0.5, "model": "m.keras", "sha256": "0" * 64, "by_dataset": parts}
 
 
 def test_verdicts_on_hand_made_counts():
@@ -88,6 +96,25 @@ def test_verdicts_on_hand_made_counts():
     assert r["runs"][1]["verdict"] == {"A": "not resolved", "B": "not resolved", "C": "hurt"}
     table = aug_ablation.format_table(r)
     assert "no_grey" in table and "-0.333 [-0.333,-0.333]" in table and "A not resolved" in table
+
+    pending = aug_ablation.ablation_results(runs, {"full": full, "no_grey": arm}, [])  # full_seed1 not finished
+    assert pending["runs"][1]["verdict"] == {"A": "pending", "B": "pending", "C": "pending"}
+    assert pending["replicates"] == [] and pending["replicates_pending"] == ["full_seed1"]
+
+
+def test_a_lower_point_whose_interval_crosses_zero_is_not_resolved():
+    """A: without the component every other image loses its crack and the rest gain 8 of 10 crack pixels, so the
+    point difference is below 0 (2/3 -> 4/7) but resampling the images moves it to either side: not resolved. B:
+    every image loses 2 of 10 pixels (F1 1 -> 8/9): the interval is that one point, so it helped."""
+    full = report({"A": [(10, 0, 0), (0, 0, 10)] * 5, "B": [(10, 0, 0)] * 10})
+    arm = report({"A": [(0, 0, 10), (8, 0, 2)] * 5, "B": [(8, 0, 2)] * 10})
+    diff = aug_ablation.differences(full, arm)
+    a, b = diff["A"]["strict_f1"], diff["B"]["strict_f1"]
+    assert a["difference"] == pytest.approx(4 / 7 - 2 / 3) and a["interval"][0] < 0 < a["interval"][1]
+    assert b["interval"] == pytest.approx([8 / 9 - 1, 8 / 9 - 1])
+    assert aug_ablation.verdict(diff["A"], None) == "not resolved" and aug_ablation.verdict(diff["B"], None) == "helped"
+    with pytest.raises(SystemExit, match="3 validation images against full's 10"):
+        aug_ablation.differences(full, report({"A": [(1, 0, 0)] * 3}))
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -137,3 +164,11 @@ def test_two_arms_with_the_real_train3_then_resume(two_roads, monkeypatch, capsy
     assert "finished, not trained again" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="made by .*use another --out"):
         aug_ablation.main([a.replace("--epochs=1", "--epochs=2") for a in args])
+
+    one = two_roads["root"] / "one_dataset"  # a validation list of one dataset is reported as that dataset
+    one.mkdir()
+    (one / "val.txt").write_text("".join(line + "\n" for line in (Path(two_roads["lists"]) / "val.txt")
+                                         .read_text().split() if line.startswith("RoadA/")))
+    single = aug_ablation.evaluate(out / "none", {"data": two_roads["data"], "lists": str(one), "distance": "2"})
+    assert list(single["by_dataset"]) == ["RoadA"] and len(single["by_dataset"]["RoadA"]["image_counts"]) == 2
+    assert aug_ablation.dataset_scores(single)["mean_strict_f1"] == single["strict"]["f1"]

@@ -457,6 +457,8 @@ def test_augmentation_spec_round_trip_and_leave_one_out():
     assert aug.without("scale") == Augmentation(stripe=0.2, grey=0.1)
     assert aug.without("scale").without("stripe").without("grey").spec() == "none" == Augmentation().spec()
     assert aug.without("blur") == aug  # already off
+    odd = Augmentation(scale=(0.5, 1.2345678), blur=0.1234567)  # more digits than %g keeps
+    assert Augmentation.parse(odd.spec()) == odd
     with pytest.raises(DataError, match="no component 'fog'"):
         aug.without("fog")
 
