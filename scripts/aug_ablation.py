@@ -231,8 +231,10 @@ def format_table(results: dict) -> str:
                 cell += f" {d['difference']:+.3f} [{d['interval'][0]:+.3f},{d['interval'][1]:+.3f}]"
             cells.append(f"  {cell:>31}")
         lines.append(f"{r['name']:<14}{r['threshold']:>10.2f}{r['mean_strict_f1']:>8.3f}" + "".join(cells))
-    lines.append("verdicts (removing the component): " + "; ".join(
-        f"{r['name']}: " + ", ".join(f"{n} {v}" for n, v in r["verdict"].items()) for r in runs if "verdict" in r))
+    judged = [r for r in runs if "verdict" in r]
+    if judged:
+        lines.append("verdicts (removing the component): " + "; ".join(
+            f"{r['name']}: " + ", ".join(f"{n} {v}" for n, v in r["verdict"].items()) for r in judged))
     return "\n".join(lines)
 
 

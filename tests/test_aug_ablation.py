@@ -96,6 +96,7 @@ def test_verdicts_on_hand_made_counts():
     assert r["runs"][1]["verdict"] == {"A": "not resolved", "B": "not resolved", "C": "hurt"}
     table = aug_ablation.format_table(r)
     assert "no_grey" in table and "-0.333 [-0.333,-0.333]" in table and "A not resolved" in table
+    assert "verdicts" not in aug_ablation.format_table(aug_ablation.ablation_results(runs[:1], {"full": full}, []))
 
     pending = aug_ablation.ablation_results(runs, {"full": full, "no_grey": arm}, [])  # full_seed1 not finished
     assert pending["runs"][1]["verdict"] == {"A": "pending", "B": "pending", "C": "pending"}
