@@ -2,7 +2,8 @@
 arm, adding --augment, --seed, --out and --deploy): the shipped student fine-tuned on the four datasets for one epoch
 of 500 tiles, without a teacher, at the shipped student's temperature (T1 = T2 = 10), the deployed head alone
 (alpha 0), 43 % of the tiles from DeepCrack. These are the settings of the last fine-tune in RESULTS.md ("At the
-shipped student's temperature", run a0_dc3), whose first epoch lost DeepCrack least.
+shipped student's temperature", run a0_dc3), whose first epoch lost DeepCrack least, without its DeepCrack floor
+(the card threshold here is the plain balanced one, so the arms compare on the rule itself).
 
     python scripts/aug_ablation.py recipes/aug_ablation_four.py                   # results/aug_ablation.json
 

@@ -184,8 +184,9 @@ def run_finished(folder: Path) -> bool:
 
 
 def check_recipe(folder: Path, command: list[str]) -> None:
-    """The Train_3 command a run folder was made with (and the sha256 of each recipe file in it); another command,
-    or an edited recipe file, for the same folder is refused."""
+    """The Train_3 command a run folder was made with (and the sha256 of each recipe file in it); another command
+    for the same folder is refused, and so is an edited recipe file unless the edit left every value the run used
+    as it was (a comment or docstring, say: ``recipe_values_used``)."""
     from crackseg.config import split_recipes
     from crackseg.io import atomic_write_json, sha256
 
@@ -197,13 +198,34 @@ def check_recipe(folder: Path, command: list[str]) -> None:
         if old != command:
             raise AblationError(f"{folder}: made by `{shlex.join(old)}`, not `{shlex.join(command)}`; "
                                 f"use another --out for another recipe")
-        changed = [r for r, digest in recipes.items() if made.get("recipes", {}).get(r, digest) != digest]
+        edited = [r for r, digest in recipes.items() if made.get("recipes", {}).get(r, digest) != digest]
+        changed = [r for r in edited if not recipe_values_used(r, command)]
         if changed:
             raise AblationError(f"{folder}: recipe file {changed[0]} changed since this run was started; "
                                 f"use another --out for another recipe")
+        if edited:
+            atomic_write_json(path, {"train3": command, "recipes": recipes})
     else:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, {"train3": command, "recipes": recipes})
+
+
+def recipe_values_used(recipe: str, command: list[str]) -> bool:
+    """Whether the Train_3 run of ``command`` (its --out's config.json) used every value ``recipe`` sets now, apart
+    from those a flag of the command overrides; False when the run has no config yet."""
+    from crackseg.config import ConfigError, read_recipe
+
+    flags = dict(a[2:].split("=", 1) for a in command if a.startswith("--") and "=" in a)
+    config = Path(REPO, flags.get("out", ""), "config.json")
+    if "out" not in flags or not config.is_file():
+        return False
+    try:
+        values = read_recipe(Path(REPO, recipe))
+    except ConfigError:
+        return False
+    used = json.loads(config.read_text())
+    return all(used.get(key) == value for key, value in values.items() if key.replace("_", "-") not in flags
+               and key not in flags)
 
 
 def run_train3(command: list[str]) -> int:

@@ -143,7 +143,9 @@ def test_two_arms_with_the_real_train3_then_resume(two_roads, monkeypatch, capsy
     calls = train3_in_process
     monkeypatch.chdir(REPO)
     out, results = two_roads["root"] / "runs", two_roads["root"] / "aug_ablation.json"
-    args = ["--augment=scale=0.8:1.25,grey=0.5", "--arms=none", "--replicate_seeds=", f"--data={two_roads['data']}",
+    recipe = two_roads["root"] / "tiny_recipe.py"
+    recipe.write_text('"""A recipe for every arm."""\nlr = 0.001\n')
+    args = [str(recipe), "--augment=scale=0.8:1.25,grey=0.5", "--arms=none", "--replicate_seeds=", f"--data={two_roads['data']}",
             f"--lists={two_roads['lists']}", f"--out={out}", f"--results={results}", *TINY]
     aug_ablation.main(args)
     printed = capsys.readouterr().out
@@ -165,6 +167,12 @@ def test_two_arms_with_the_real_train3_then_resume(two_roads, monkeypatch, capsy
     assert "finished, not trained again" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="made by .*use another --out"):
         aug_ablation.main([a.replace("--epochs=1", "--epochs=2") for a in args])
+    recipe.write_text(recipe.read_text() + "# a comment: the runs used every value still written\n")
+    aug_ablation.main(args)
+    assert calls == [] and "finished, not trained again" in capsys.readouterr().out
+    recipe.write_text(recipe.read_text().replace("lr = 0.001", "lr = 0.002"))
+    with pytest.raises(SystemExit, match="tiny_recipe.py changed since this run was started"):
+        aug_ablation.main(args)
 
     one = two_roads["root"] / "one_dataset"  # a validation list of one dataset is reported as that dataset
     one.mkdir()
