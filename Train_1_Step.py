@@ -22,7 +22,8 @@ samples_per_epoch = 2000          # training tiles per epoch (0: one per trainin
 augment = "scale=0.5:2,blur=0.2,jpeg=0.3,shadow=0.3,stripe=0.2,grey=0.2"  # beyond crop/flip/turn/colour; "none"
 floor = ""                        # checkpoint guard, e.g. "DeepCrack=0.80": epochs under it cannot be best
 # model ----------------------------------------------------------------------------------------------------------
-preset = "auto"                   # teacher | teacher_cpu | student; auto: teacher with a GPU, teacher_cpu without
+preset = "auto"                   # teacher | teacher_cpu | student | lite0_unet | lite2_unet (pretrained encoders);
+                                  # auto: teacher with a GPU, teacher_cpu without
 width = None                      # override the preset's width / residual blocks / block type ("MCL", "MCLD")
 blocks = None
 block = None
@@ -32,6 +33,9 @@ epochs = 100
 batch_size = 4
 crop = 256                        # square training tiles (multiple of 4)
 init = ""                         # fine-tune from this .keras (same architecture; a deployed model works); "": random
+                                  # (a pretrained teacher's encoder starts from its ImageNet weights)
+encoder_lr_scale = 0.1            # pretrained teachers: the encoder learns at this share of lr (optimizer adam)
+encoder_warmup = 0.0              # pretrained teachers: epochs with the encoder fixed while the decoder starts
 lr = 5e-5                         # the paper's RMSprop rate
 optimizer = "rmsprop"             # rmsprop | adam
 loss = "asymmetric"               # asymmetric (the paper's) | bce_dice

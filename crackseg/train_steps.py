@@ -7,7 +7,8 @@ from pathlib import Path
 
 import keras
 
-from model import HEADS, build_model, logits_model_of, profile
+from model import HEADS, build_model, is_teacher, load_encoder_weights, logits_model_of, pretrained_facts, profile
+from model.pretrained import PretrainedError
 from model.profile import format_profile
 
 from .data import load_training_data
@@ -80,19 +81,32 @@ def train_teacher(config: dict) -> dict:
     arrays = load_training_data(config["data"], _lists(config["lists"]), config["val_fraction"], config["seed"],
                                 config["dilate"])
     overrides = {k: config[k] for k in ("width", "blocks", "block")}
+    pretrained = is_teacher(config["preset"])
+    if pretrained and any(v is not None for v in overrides.values()):
+        raise TrainingError(f"--preset={config['preset']} is a pretrained teacher: --width / --blocks / --block "
+                            "do not apply")
+    print_profile(config["preset"], config["profile_size"], overrides)
+    heads = lambda x, y: (x, {h: y for h in HEADS})  # noqa: E731
+    train = training_input(config, arrays, targets=heads)
+    describe_input(train)
 
     def build() -> keras.Model:
         model = build_model(config["preset"], input_size=None, **overrides)
         if config["init"]:
             warm_start(model, config["init"])
+        elif pretrained:
+            try:
+                layers_set = load_encoder_weights(model)
+            except PretrainedError as exc:
+                raise TrainingError(str(exc)) from None
+            print(f"pretrained encoder: {layers_set} layers from {pretrained_facts(config['preset'])['package']}")
         loss = make_loss(config["loss"], config["crack_weight"], config["pos_weight"])
+        frozen_steps = int(config.get("encoder_warmup", 0) * len(train)) if pretrained else 0
         return compile_model(model, {h: loss for h in HEADS}, config["lr"], config["optimizer"],
-                             metrics={"mix": crack_metrics(config["threshold"], config["distance"])})
+                             metrics={"mix": crack_metrics(config["threshold"], config["distance"])},
+                             encoder_lr_scale=config.get("encoder_lr_scale", 1.0) if pretrained else 1.0,
+                             encoder_frozen_steps=frozen_steps)
 
-    print_profile(config["preset"], config["profile_size"], overrides)
-    heads = lambda x, y: (x, {h: y for h in HEADS})  # noqa: E731
-    train = training_input(config, arrays, targets=heads)
-    describe_input(train)
     validator = BalancedValidation(*arrays["val"], arrays["datasets"]["val"], "mix",
                                    parse_floors(config.get("floor", "")))
     preview = (arrays["val"][0][0], arrays["val"][1][0])
@@ -127,9 +141,17 @@ def deploy_teacher(config: dict, arrays: dict) -> Path:
     dest = Path(config["deploy"])
     with atomic_path(dest) as tmp:
         shutil.copyfile(run / "best.keras", tmp)
-    info = {"kind": "MCFF-L teacher, four heads (h, x, y, mix); engines and evaluate.py use the mix head",
+    pretrained = is_teacher(config["preset"])
+    kind = (f"{config['preset']}: pretrained {infer_preset(best).encoder} encoder + U-Net decoder" if pretrained
+            else "MCFF-L teacher")
+    info = {"kind": f"{kind}, four heads (h, x, y, mix); engines and evaluate.py use the mix head",
             "output": "dict of crack probabilities h, x, y, mix (N, H, W, 2)",
-            "input": "RGB, scaled to [-1, 1], H and W padded to multiples of 4 (crackseg.preprocess.prepare)",
+            "input": "RGB, scaled to [-1, 1], H and W padded to multiples of 4 (crackseg.preprocess.prepare)"
+                     + ("; the model pads to multiples of 32 inside and crops its outputs back" if pretrained else ""),
+            "pad_multiple": infer_preset(best).pad_multiple if pretrained else 4,
+            **({"pretrained": pretrained_facts(config["preset"]),
+                "encoder_lr_scale": config.get("encoder_lr_scale"), "encoder_warmup": config.get("encoder_warmup")}
+               if pretrained else {}),
             **model_facts(best, config["profile_size"]), "preset": config["preset"],
             "architecture": asdict(infer_preset(best)), "loss": config["loss"], **recipe_facts(config),
             **data_facts(config, arrays["splits"]),

@@ -277,11 +277,45 @@ def fit(build: Callable[[], keras.Model], train_ds, val_ds, run_dir: str | Path,
     return json.loads((run / "state.json").read_text())
 
 
+@keras.saving.register_keras_serializable(package="crackseg")
+class EncoderScaledAdam(keras.optimizers.Adam):
+    """Adam whose variables named ``prefix...`` (a pretrained encoder) learn at ``scale`` of the rate, and not at
+    all for the first ``frozen_steps`` steps (a warm-up of the new decoder on a fixed encoder). Scaling the gradient
+    instead would do nothing: Adam divides it back out. Saved with the run, so a resumed run keeps its schedule."""
+
+    def __init__(self, learning_rate=1e-3, prefix: str = "enc_", scale: float = 0.1, frozen_steps: int = 0,
+                 **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.prefix, self.scale, self.frozen_steps = prefix, float(scale), int(frozen_steps)
+        self._scaled: set[int] = set()
+
+    def build(self, var_list):
+        super().build(var_list)
+        self._scaled = {self._get_variable_index(v) for v in var_list if v.path.startswith(self.prefix)}
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._get_variable_index(variable) in self._scaled:
+            factor = keras.ops.where(self.iterations < self.frozen_steps, 0.0, self.scale)
+            learning_rate = learning_rate * keras.ops.cast(factor, learning_rate.dtype)
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "prefix": self.prefix, "scale": self.scale,
+                "frozen_steps": self.frozen_steps}
+
+
 def compile_model(model: keras.Model, loss, lr: float, optimizer: str = "rmsprop", metrics=None,
-                  loss_weights=None) -> keras.Model:
-    """Compile with RMSprop (the paper's) or Adam; returns the model."""
+                  loss_weights=None, encoder_lr_scale: float = 1.0, encoder_frozen_steps: int = 0) -> keras.Model:
+    """Compile with RMSprop (the paper's) or Adam; returns the model. A pretrained encoder (layers ``enc_*``) may
+    learn at ``encoder_lr_scale`` of ``lr`` after ``encoder_frozen_steps`` steps (Adam only)."""
     opt = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
     if optimizer not in opt:
         raise ValueError(f"optimizer must be one of {sorted(opt)}, got {optimizer!r}")
-    model.compile(optimizer=opt[optimizer](lr), loss=loss, metrics=metrics, loss_weights=loss_weights)
+    if encoder_lr_scale != 1.0 or encoder_frozen_steps:
+        if optimizer != "adam":
+            raise ValueError("an encoder learning-rate scale or warm-up needs --optimizer=adam")
+        chosen = EncoderScaledAdam(lr, scale=encoder_lr_scale, frozen_steps=encoder_frozen_steps)
+    else:
+        chosen = opt[optimizer](lr)
+    model.compile(optimizer=chosen, loss=loss, metrics=metrics, loss_weights=loss_weights)
     return model

@@ -20,6 +20,7 @@ import keras
 from keras import layers
 
 from .layers import AttentionGate, CrackProbability, InstanceNorm, TemperatureSoftmax
+from .teachers import TEACHERS, TeacherPreset, build_teacher_logits, infer_teacher, is_teacher
 
 HEADS = ("h", "x", "y", "mix")
 NUM_CLASSES = 2  # channel 0 background, channel 1 crack
@@ -44,11 +45,16 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def resolve_preset(preset: str | Preset, **overrides) -> Preset:
-    """A ``Preset`` from a name or instance, with any non-None field overridden."""
+def resolve_preset(preset: str | Preset | TeacherPreset, **overrides) -> Preset | TeacherPreset:
+    """A ``Preset`` (or a pretrained teacher's ``TeacherPreset``) from a name or instance, with any non-None field
+    overridden (MCFF-L only: a pretrained teacher's shape is fixed by its encoder)."""
+    if is_teacher(preset):
+        if any(v is not None for v in overrides.values()):
+            raise ValueError(f"preset {preset!r} is a pretrained teacher: width / blocks / block do not apply")
+        return TEACHERS[preset] if isinstance(preset, str) else preset
     if isinstance(preset, str):
         if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS) + sorted(TEACHERS)}")
         preset = PRESETS[preset]
     overrides = {k: v for k, v in overrides.items() if v is not None}
     resolved = replace(preset, **overrides)
@@ -133,12 +139,18 @@ def _path(inputs, path: str, cfg: Preset):
 
 
 # ---------------------------------------------------------------------------------------------- public builders
-def build_logits_model(preset: str | Preset = "student", input_size: int | None = 448, **overrides) -> keras.Model:
+def build_logits_model(preset: str | Preset | TeacherPreset = "student", input_size: int | None = 448,
+                       **overrides) -> keras.Model:
     """The network with its four gated-logit outputs ``{h, x, y, mix}_logits``.
 
     ``input_size`` is the square training size (a multiple of 4) or None for any H x W that is a multiple of 4.
+    A pretrained-teacher preset (``model.teachers.TEACHERS``) builds that network instead, encoder weights random.
     """
     cfg = resolve_preset(preset, **overrides)
+    if isinstance(cfg, TeacherPreset):
+        if input_size is not None and (input_size <= 0 or input_size % 4):
+            raise ValueError(f"input_size must be a positive multiple of 4, got {input_size}")
+        return build_teacher_logits(preset, input_size)
     if input_size is not None and (input_size <= 0 or input_size % 4):
         raise ValueError(f"input_size must be a positive multiple of 4, got {input_size}")
     shape = (input_size, input_size, 3) if input_size else (None, None, 3)
@@ -170,8 +182,12 @@ def build_model(preset: str | Preset = "student", input_size: int | None = 448, 
     return model
 
 
-def infer_preset(model: keras.Model) -> Preset:
-    """Read width, blocks, block type and dropout back from a built (or loaded) MCFF-L model's layers."""
+def infer_preset(model: keras.Model) -> Preset | TeacherPreset:
+    """Read width, blocks, block type and dropout back from a built (or loaded) MCFF-L model's layers; a pretrained
+    teacher's preset from its name."""
+    teacher = infer_teacher(model)
+    if teacher is not None:
+        return teacher
     names = [layer.name for layer in model.layers]
     try:
         width = model.get_layer("h_stem").filters
@@ -186,8 +202,8 @@ def infer_preset(model: keras.Model) -> Preset:
 def copy_weights(source: keras.Model, target: keras.Model) -> int:
     """Copy weights layer by layer, matched by name, from ``source`` into every ``target`` layer that has weights.
 
-    Works between any two MCFF-L models of one architecture (training heads, logits-only, deployed mix head: the
-    mix head needs all three paths). Returns the number of layers copied; ValueError names a mismatch.
+    Works between any two models of one architecture, MCFF-L or a pretrained teacher (training heads, logits-only,
+    deployed mix head: MCFF-L's mix head needs all three paths). Returns the number of layers copied; ValueError names a mismatch.
     """
     layers_by_name = {layer.name: layer for layer in source.layers}
     copied = 0
@@ -207,7 +223,7 @@ def copy_weights(source: keras.Model, target: keras.Model) -> int:
 
 
 def logits_model_of(model: keras.Model) -> keras.Model:
-    """The size-agnostic logits network of any MCFF-L model (any heads, saved or built), weights copied by name."""
+    """The size-agnostic logits network of any model built here (any heads, saved or built), weights copied by name."""
     fresh = build_logits_model(infer_preset(model), input_size=None)
     copy_weights(model, fresh)
     return fresh

@@ -58,8 +58,8 @@ def test_crackforest_extra_region_labels_are_not_crack(shared_datasets):
 @needs_shared
 def test_deepcrack_reader(shared_datasets):
     samples = find_samples(shared_datasets / "DeepCrack")
-    assert len(samples) == 300
-    assert samples[0].id.startswith("train_img/")
+    assert len(samples) == 300 + 237  # the training pairs and the official test pairs
+    assert samples[0].id.startswith("train_img/") and samples[-1].id.startswith("test_img/")
     image, mask = load_pair(samples[0])
     assert image.shape == (384, 544, 3)
     assert mask.shape == (384, 544) and mask.any() and mask.mean() < 0.2
@@ -69,13 +69,14 @@ def test_deepcrack_reader(shared_datasets):
 def test_repository_split_lists_resolve_against_shared_data(shared_datasets):
     """All four sets; DeepCrack and CrackForest keep the earlier 376 / 42 lists, CRACK500 and AigleRN their own."""
     splits = load_split(str(shared_datasets), str(REPO / "datasets" / "splits"))
-    assert (len(splits["train"]), len(splits["val"]), len(splits["test"])) == (5798, 980, 78)
+    assert (len(splits["train"]), len(splits["val"]), len(splits["test"])) == (5798, 980, 78 + 237)
     old = lambda part: [s for s in splits[part] if s.id.split("/")[0] in ("DeepCrack", "CrackForest")]  # noqa: E731
-    assert len(old("train")) == 376 and len(old("val")) == 42 and not old("test")
+    assert len(old("train")) == 376 and len(old("val")) == 42
+    assert len(old("test")) == 237 and all(s.id.startswith("DeepCrack/test_img/") for s in old("test"))
     train, val, test = ({s.id for s in splits[k]} for k in ("train", "val", "test"))
     assert not train & val and not train & test and not val & test
-    assert len(train | val | test) == 118 + 300 + 6169 + 269
-    assert all(s.id.startswith("AigleRN/") for s in splits["test"])
+    assert len(train | val | test) == 118 + 300 + 237 + 6169 + 269
+    assert all(s.id.startswith(("AigleRN/", "DeepCrack/test_img/")) for s in splits["test"])
     photo = lambda ids: {Path(i).stem.rsplit("-", 1)[0] for i in ids if i.startswith("CRACK500/")}  # noqa: E731
     assert not photo(train) & photo(val)  # CRACK500 is split by photo, never by crop
     assert all(s.image.is_file() and s.mask.is_file() for s in splits["train"] + splits["val"])
