@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: test demo venv clean weights
+.PHONY: test lint demo venv clean weights
 
 venv: $(BIN)/.installed
 
@@ -19,6 +19,10 @@ $(BIN)/.installed: requirements.txt
 # A hung test (a socket waiting forever) fails on its own after 5 minutes instead of eating CI's whole limit.
 test: venv
 	$(PY) -m pytest -q --timeout=300 tests
+
+# ruff with the rules in pyproject.toml ([tool.ruff]); .ci/run runs it before the tests.
+lint: venv
+	$(BIN)/ruff check .
 
 demo: venv
 	$(PY) scripts/demo.py

@@ -25,7 +25,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from crackseg.config import configure  # noqa: E402
+from crackseg.config import configure
 
 model = "weights/student.keras"    # .keras file, .onnx file (skip the Keras export) or a preset name (untrained)
 onnx = "weights/student.onnx"      # ONNX output (ignored when --model is already .onnx)
@@ -37,9 +37,9 @@ parity_images = 8
 fast = True                        # also write the clean fast-CPU export beside --onnx (student_fast.onnx), checked
                                    # on OpenVINO (the CPU default backend) against Keras
 cpu_int8 = False                   # also write student_int8.xml/.bin: the fast export quantised to full int8 (NNCF) for
-                                   # CPUs with VNNI / AMX / AVX2 (--precision=int8|auto on camera.py / evaluate.py), calibrated
-                                   # like TensorRT INT8 (--calib_data, --calib_images, --calib_size), checked against
-                                   # Keras, its validation F1 vs fp32 recorded in its card
+                                   # CPUs with VNNI / AMX / AVX2 (--precision=int8|auto on camera.py / evaluate.py),
+                                   # calibrated like TensorRT INT8 (--calib_data, --calib_images, --calib_size), checked
+                                   # against Keras, its validation F1 vs fp32 recorded in its card
 int8_per_channel = True            # --cpu_int8: weight scales per output channel (False: per tensor)
 int8_accuracy_control = True       # --cpu_int8: return the layers that cost most F1 to fp32 until within 0.5 pt
 int8_val_per_dataset = 60          # --cpu_int8: validation images (full size) per dataset for the F1 check and the

@@ -15,7 +15,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from crackseg.config import configure  # noqa: E402
+from crackseg.config import configure
 
 # data -----------------------------------------------------------------------------------------------------------
 data = "../shared/datasets"       # the data, lists, val_fraction and seed Train_2_Step used

@@ -92,9 +92,6 @@ def parse_overrides(argv: list[str], defaults: dict[str, Any]) -> dict[str, Any]
         negated = False
         if key not in defaults and key.startswith("no_") and isinstance(defaults.get(key[3:]), bool) and not eq:
             key, negated = key[3:], True
-        if defaults is None:
-            values[key] = value
-            continue
         if key not in defaults:
             raise ConfigError(f"unknown flag --{key}; --help lists the flags")
         default = defaults[key]
@@ -220,7 +217,7 @@ def read_recipe(path: str | Path, defaults: dict[str, Any] | None = None) -> dic
         raise ConfigError(f"{path}: cannot read recipe file ({exc})") from None
     scope: dict[str, Any] = {"__file__": str(path), "__name__": "__recipe__"}
     try:
-        exec(compile(source, str(path), "exec"), scope)  # noqa: S102  (a recipe is Python the user wrote)
+        exec(compile(source, str(path), "exec"), scope)  # a recipe is Python the user wrote
     except SyntaxError as exc:
         raise ConfigError(f"{path}:{exc.lineno}: not valid Python ({exc.msg})") from None
     except Exception as exc:  # a recipe that fails to run is a bad recipe, said in one line

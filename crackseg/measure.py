@@ -672,10 +672,10 @@ def measure_cracks(mask: np.ndarray, settings: MeasureSettings | None = None) ->
         members = members_of[group_ids[root]]
         widths = np.concatenate(widths) if widths and sum(len(w) for w in widths) else \
             np.maximum(2.0 * distance[graph.ys[members], graph.xs[members]] - 1.0, 1.0)
-        x0 = min(boxes[l][0] for l in labels)
-        y0 = min(boxes[l][1] for l in labels)
-        x1 = max(boxes[l][0] + boxes[l][2] for l in labels)
-        y1 = max(boxes[l][1] + boxes[l][3] for l in labels)
+        x0 = min(boxes[label][0] for label in labels)
+        y0 = min(boxes[label][1] for label in labels)
+        x1 = max(boxes[label][0] + boxes[label][2] for label in labels)
+        y1 = max(boxes[label][1] + boxes[label][3] for label in labels)
         crop = np.isin(pieces[y0:y1, x0:x1], labels) | bridged[y0:y1, x0:x1].astype(bool)
         mean_width = float(widths.mean())
         junctions = _count_junctions(branches, mean_width)
@@ -686,9 +686,9 @@ def measure_cracks(mask: np.ndarray, settings: MeasureSettings | None = None) ->
         else:
             severity, level = NO_SEVERITY, 0
         cracks.append(Crack(0, length, mean_width, float(widths.max()), float(np.percentile(widths, 90)),
-                            int(sum(boxes[l][4] for l in labels)), orientation, (int(x0), int(y0), int(x1 - x0),
+                            int(sum(boxes[label][4] for label in labels)), orientation, (int(x0), int(y0), int(x1 - x0),
                             int(y1 - y0)), junctions, cells, crack_type(orientation, settings.travel, junctions, cells),
-                            severity, level, tuple(int(l) for l in labels)))
+                            severity, level, tuple(int(label) for label in labels)))
     cracks.sort(key=lambda c: (-c.length_px, c.bbox[1], c.bbox[0]))
     for i, crack in enumerate(cracks, 1):
         crack.id = i

@@ -82,7 +82,7 @@ def make_entropy_calibrator(trt, cuda, batches: np.ndarray, batch_size: int, cac
         def get_batch_size(self) -> int:
             return batch_size
 
-        def get_batch(self, names):  # noqa: ARG002 - one input; TensorRT passes its name
+        def get_batch(self, names):  # one input: TensorRT passes its name, unused here
             if self.index + batch_size > len(self.batches):
                 return None  # no more data: calibration ends
             cuda.memcpy_htod(self.device_input, np.ascontiguousarray(self.batches[self.index:self.index + batch_size]))

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from crackseg.io import atomic_write_bytes  # noqa: E402
+from crackseg.io import atomic_write_bytes
 
 
 def pavement(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

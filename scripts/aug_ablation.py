@@ -155,8 +155,8 @@ def dataset_scores(report: dict) -> dict:
     """``{dataset: {"strict_f1", "tolerant_f1", "images"}}`` and the balanced rule's mean of the strict F1s."""
     parts = {name: {"strict_f1": p["strict"]["f1"], "tolerant_f1": p["tolerant"]["f1"], "images": p["images"]}
              for name, p in report["by_dataset"].items()}
-    return {"threshold": report["threshold"], "mean_strict_f1": sum(p["strict_f1"] for p in parts.values()) / len(parts),
-            "by_dataset": parts}
+    return {"threshold": report["threshold"],
+            "mean_strict_f1": sum(p["strict_f1"] for p in parts.values()) / len(parts), "by_dataset": parts}
 
 
 def differences(base: dict, other: dict) -> dict:

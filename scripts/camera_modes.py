@@ -8,9 +8,9 @@ Each round runs ``camera.py --source=FOLDER --headless --quiet`` once per mode (
 on: OpenVINO's asynchronous requests; auto: both measured on the first frames, then the faster), in turn, so load
 changes hit every mode alike. The folder holds symbolic links to the first ``--images`` of each dataset of
 ``--subset`` in turn (the mixed sizes a folder of crops has); with ``--video=WxH`` the same images, resized to one
-size, become the frames of an MJPG video at 10 FPS instead (what a road camera records). The figure is camera.py's own ``done:`` line (frames
-over the wall time of its frame loop: the model load is excluded, the first frames' compile is not), and auto's
-``throughput auto:`` line says what it measured and chose.
+size, become the frames of an MJPG video at 10 FPS instead (what a road camera records). The figure is camera.py's
+own ``done:`` line (frames over the wall time of its frame loop: the model load is excluded, the first frames'
+compile is not), and auto's ``throughput auto:`` line says what it measured and chose.
 """
 import os
 import platform
@@ -118,7 +118,8 @@ def main() -> int:
 
         atomic_write_json(json_out, {"command": " ".join(["python scripts/camera_modes.py", *sys.argv[1:]]),
                                      "machine": cpu_line(), "model": model, "precision": precision,
-                                     "images": len(entries), "subset": subset, "entries": entries, "video": video or None, "mean_fps": summary, "runs": runs})
+                                     "images": len(entries), "subset": subset, "entries": entries,
+                                     "video": video or None, "mean_fps": summary, "runs": runs})
         print(f"written: {json_out}")
     return 0
 

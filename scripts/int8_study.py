@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from crackseg.config import configure  # noqa: E402
+from crackseg.config import configure
 
 onnx = "weights/student.onnx"     # the shipped export; its _fast.onnx beside it is quantised
 out = "/tmp/int8_study"           # folder for the study's models and study.json

@@ -15,7 +15,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crackseg.config import configure  # noqa: E402
+from crackseg.config import configure
 
 start = "weights/student.keras"   # a = 0: the model the fine-tune started from (deployed or a run's checkpoint)
 trained = ""                      # a = 1: the fine-tune's best.keras (or a deployed student)

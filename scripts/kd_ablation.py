@@ -517,8 +517,8 @@ def main_strategies(own: dict, passthrough: list[str]) -> dict:
             best = max(scored, key=lambda r: r["val"]["strict_f1"]) if scored else None
             results = {"recipe": recipe_line(passthrough), "seed": seed,
                        "temperature_rule": "T replaces every temperature the strategy softens: standard T1, "
-                                           "hyperthermal T0 T1 T2, non-isothermal T1 T2; none (no teacher) runs once at "
-                                           "the recipe's temperatures",
+                                           "hyperthermal T0 T1 T2, non-isothermal T1 T2; none (no teacher) runs once "
+                                           "at the recipe's temperatures",
                        "teachers": teachers, "runs": runs,
                        "best_by_val": None if best is None else {k: best[k] for k in ("strategy", "temperature")}}
             atomic_write_json(results_path, results)

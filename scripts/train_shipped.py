@@ -7,8 +7,9 @@
 Each stage is its Train script with its recipe file (recipes/*.py) as a subprocess: ``python Train_3_Step.py
 recipes/student_stage1_kd.py``. A stage whose deployable file and card already exist (soft labels: whose split
 manifests exist) is skipped; an interrupted stage resumes by itself when this runs again. The recipes chain each
-stage's deploy file (stage 4: its best.keras) to the next one's --init under runs/shipped/. The teacher is the shipped weights/teacher.keras
-(Train_1 is not re-run). The last step ships the last stage's deploy file (scripts/ship.py: card, exports, checks).
+stage's deploy file (stage 4: its best.keras) to the next one's --init under runs/shipped/. The teacher is the
+shipped weights/teacher.keras (Train_1 is not re-run). The last step ships the last stage's deploy file
+(scripts/ship.py: card, exports, checks).
 """
 import os
 import shlex

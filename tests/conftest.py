@@ -115,3 +115,43 @@ def train3_in_process(monkeypatch) -> list[list[str]]:
 
     monkeypatch.setattr(kd_ablation, "run_train3", run)
     return calls
+
+
+# ---------------------------------------------------------------------------------------------- CPU kinds
+# The three kinds of x86 CPU the project meets: their /proc/cpuinfo flags (those crackseg.precision reads) and what
+# OpenVINO 2026 reports for them (OPTIMIZATION_CAPABILITIES; BF16 from AVX-512 up, FP16 with AVX-512 FP16). Tests
+# whose outcome depends on the CPU fake each kind instead of expecting this machine's answer.
+CPU_KINDS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
+    "avx2": (frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"}),
+             ("WINOGRAD", "FP32", "INT8", "BIN", "EXPORT_IMPORT")),
+    "avx512_vnni_bf16": (frozenset({"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+                                    "avx512_vnni", "avx512_bf16"}),
+                         ("BF16", "WINOGRAD", "FP32", "INT8", "BIN", "EXPORT_IMPORT")),
+    "amx": (frozenset({"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                       "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile"}),
+            ("FP32", "BF16", "FP16", "INT8", "BIN", "EXPORT_IMPORT")),
+}
+
+
+def fake_cpu(monkeypatch: pytest.MonkeyPatch, flags: frozenset[str], capabilities: tuple[str, ...]) -> None:
+    """crackseg sees a CPU with ``flags`` whose OpenVINO reports ``capabilities``. Patched in every loaded crackseg
+    module that holds ``cpu_flags`` / ``openvino_capabilities`` (``from .precision import ...`` copies them), so it
+    holds wherever those functions are called from; OpenVINO itself ignores a bf16 hint the real CPU cannot run."""
+    from crackseg import precision
+
+    fakes = {precision.cpu_flags: lambda: frozenset(flags),
+             precision.openvino_capabilities: lambda: tuple(capabilities)}
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "crackseg" or name.startswith("crackseg.")):
+            continue
+        for attr in ("cpu_flags", "openvino_capabilities"):
+            fake = fakes.get(getattr(module, attr, None))
+            if fake is not None:
+                monkeypatch.setattr(module, attr, fake)
+
+
+@pytest.fixture(params=sorted(CPU_KINDS))
+def cpu_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each kind of CPU in turn (``CPU_KINDS``), faked: the test runs once per kind on any machine."""
+    fake_cpu(monkeypatch, *CPU_KINDS[request.param])
+    return request.param

@@ -145,12 +145,14 @@ def test_two_arms_with_the_real_train3_then_resume(two_roads, monkeypatch, capsy
     out, results = two_roads["root"] / "runs", two_roads["root"] / "aug_ablation.json"
     recipe = two_roads["root"] / "tiny_recipe.py"
     recipe.write_text('"""A recipe for every arm."""\nlr = 0.001\n')
-    args = [str(recipe), "--augment=scale=0.8:1.25,grey=0.5", "--arms=none", "--replicate_seeds=", f"--data={two_roads['data']}",
-            f"--lists={two_roads['lists']}", f"--out={out}", f"--results={results}", *TINY]
+    args = [str(recipe), "--augment=scale=0.8:1.25,grey=0.5", "--arms=none", "--replicate_seeds=",
+            f"--data={two_roads['data']}", f"--lists={two_roads['lists']}", f"--out={out}", f"--results={results}",
+            *TINY]
     aug_ablation.main(args)
     printed = capsys.readouterr().out
     assert [c[-4:] for c in calls] == [
-        ["--augment=scale=0.8:1.25,grey=0.5", "--seed=0", f"--out={out / 'full'}", f"--deploy={out / 'full' / 'student.keras'}"],
+        ["--augment=scale=0.8:1.25,grey=0.5", "--seed=0", f"--out={out / 'full'}",
+         f"--deploy={out / 'full' / 'student.keras'}"],
         ["--augment=none", "--seed=0", f"--out={out / 'none'}", f"--deploy={out / 'none' / 'student.keras'}"]]
     assert json.loads((out / "none" / "student.json").read_text())["augment"] == "none"
     r = json.loads(results.read_text())

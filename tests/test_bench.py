@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import CPU_KINDS, REPO
 from crackseg.bench import ROW_KEYS
 from crackseg.engines import OnnxEngine, OpenVinoEngine, choose_backend, fast_onnx_for, open_engine
 
@@ -109,7 +109,7 @@ def test_benchmark_writes_rows_with_the_right_keys(tmp_path):
     assert "backend" in done.stdout and "images/s" in done.stdout
 
 
-def test_rounds_time_every_row_again_interleaved_and_close_the_engines(tiny_model, monkeypatch):
+def test_rounds_time_every_row_again_interleaved_and_close_the_engines(tiny_model, monkeypatch, cpu_kind):
     from crackseg import bench
 
     opened, timed = [], []
@@ -126,12 +126,17 @@ def test_rounds_time_every_row_again_interleaved_and_close_the_engines(tiny_mode
     masks = [np.zeros((32, 32), bool)]
     log = []
     rows = bench.backend_rows(str(tiny_model["keras"]), images, masks, runs=2, warmup=1, log=log.append,
-                              skip=("onnxruntime", "openvino:int8", "openvino:fp32:plain", "keras:bf16"), rounds=3)
-    assert [(r["backend"], r["graph"]) for r in rows] == [("keras", "keras"), ("openvino", "fast")]
+                              skip=("onnxruntime", "openvino:int8", "openvino:fp32:plain", "keras:bf16", "tensorrt"),
+                              rounds=3)
+    # OpenVINO's bf16 row exists where the CPU has bf16 (AVX-512 BF16, AMX)
+    bf16 = [("openvino", "bf16", "fast")] if "BF16" in CPU_KINDS[cpu_kind][1] else []
+    assert [(r["backend"], r["precision"], r["graph"]) for r in rows] == [("keras", "fp32", "keras"),
+                                                                          ("openvino", "fp32", "fast"), *bf16]
     assert all(r["runs"] == 6 and r["latency_ms"] >= r["latency_min_ms"] > 0 for r in rows)  # 2 calls x 3 rounds
-    assert timed == [0, 1, 1, 0, 0, 1]  # round 1 in order, round 2 reversed, round 3 in order again
+    order = list(range(len(rows)))
+    assert timed == order + order[::-1] + order  # round 1 in order, round 2 reversed, round 3 in order again
     assert "round 3 of 3 ..." in log
-    assert isinstance(opened[1], OpenVinoEngine) and opened[1].model is None  # closed afterwards
+    assert all(isinstance(e, OpenVinoEngine) and e.model is None for e in opened[1:])  # closed afterwards
     with pytest.raises(ValueError, match="rounds must be at least 1"):
         bench.backend_rows(str(tiny_model["keras"]), images, masks, runs=1, warmup=0, rounds=0)
 
@@ -154,3 +159,24 @@ def test_a_row_that_fails_closes_its_engine():
     with pytest.raises(EngineError, match="broken.onnx"):
         bench.measure(candidate, [image], [np.zeros((16, 16), bool)], runs=1, warmup=0, reference_masks=None)
     assert closed == ["broken"]
+
+
+def test_a_several_model_run_compares_what_auto_runs_on_each():
+    from crackseg import bench
+
+    def row(backend, precision, graph, ips, f1, default=False):
+        return {"backend": backend, "precision": precision, "graph": graph, "images_per_s": ips, "f1": f1,
+                **({"default": "default (--precision=auto)"} if default else {})}
+
+    models = {"weights/student.keras": {"gflop_per_image": 44.6, "rows": [
+                  row("keras", "fp32", "keras", 2.0, 0.70), row("openvino", "int8", "full", 10.0, 0.71, True)]},
+              "weights/teacher.keras": {"gflop_per_image": 13.7, "rows": [
+                  row("keras", "fp32", "keras", 4.0, 0.80)]}}  # no auto row: its Keras fp32 stands in
+    lines = bench.format_model_comparison(models).splitlines()
+    assert len(lines) == 3 and lines[0].split()[:2] == ["model", "row"]
+    student, teacher = lines[1].split(), lines[2].split()
+    assert student[:4] == ["weights/student.keras", "openvino", "int8", "full"]
+    assert student[4:8] == ["10.000", "1.00x", "0.7100", "44.60"]
+    assert teacher[:3] == ["weights/teacher.keras", "keras", "fp32"] and teacher[-4:] == ["4.000", "0.40x", "0.8000",
+                                                                                        "13.70"]
+    assert bench.format_model_comparison({"a": {"rows": []}}) == "models: no row measured"

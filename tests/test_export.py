@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from conftest import REPO, TINY_THRESHOLD
+from conftest import CPU_KINDS, REPO, TINY_THRESHOLD, fake_cpu
 from crackseg import card as cards
 from crackseg import data, parity, tensorrt
 from crackseg import onnx_export as ex
@@ -300,6 +300,11 @@ def test_tensorrt_script_writes_a_checked_cpu_int8_model_with_its_card(tiny_mode
 
     if int8_units() or avx2_int8():  # a VNNI / AMX or AVX2 machine: the card's F1 lets auto take the IR
         assert chosen == "int8" and "net_int8.xml validation F1" in reason
+    for kind, cpu in CPU_KINDS.items():  # and so on every kind of CPU, whichever this one is
+        with pytest.MonkeyPatch.context() as patched:
+            fake_cpu(patched, *cpu)
+            chosen, reason = auto_precision(str(tmp_path / "net.onnx"))
+        assert chosen == "int8" and "net_int8.xml validation F1" in reason, (kind, reason)
 
     refused = run_script(f"--model={tmp_path / 'net.onnx'}", "--cpu_int8", f"--data={synthetic_data}")
     assert refused.returncode != 0 and refused.stderr.strip().startswith("error: --cpu_int8 quantises the Keras")

@@ -4,6 +4,8 @@ table with one real Train_3 run, on soft labels from an ensemble of two tiny tea
 Train_2_Step."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import runpy
 import sys
@@ -79,11 +81,18 @@ def tiny_setup(tmp_path_factory, synthetic_data):
             "labels": root / "labels", "deployed": deployed}
 
 
-def in_process(monkeypatch, capsys, script: str, *args: str) -> str:
-    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
-    monkeypatch.chdir(REPO)
-    runpy.run_path(str(REPO / script), run_name="__main__")
-    return capsys.readouterr().out
+@pytest.fixture(scope="module")
+def soft_labels(tiny_setup) -> str:
+    """Train_2_Step's soft labels (ensemble of the two teachers, TTA) for the train and val lists, made once for
+    whichever test asks first, so each test runs alone or in any order; returns what Train_2 printed."""
+    s = tiny_setup
+    argv = ["Train_2_Step.py", f"--teacher={','.join(map(str, s['teachers']))}", "--tta", f"--data={s['data']}",
+            f"--lists={s['lists']}", "--splits=train,val", f"--out={s['labels']}"]
+    with pytest.MonkeyPatch.context() as patched, contextlib.redirect_stdout(io.StringIO()) as printed:
+        patched.setattr(sys, "argv", argv)
+        patched.chdir(REPO)
+        runpy.run_path(str(REPO / "Train_2_Step.py"), run_name="__main__")
+    return printed.getvalue()
 
 
 @pytest.fixture()
@@ -129,14 +138,11 @@ def evaluations(monkeypatch):
     return calls
 
 
-def test_train2_writes_ensemble_tta_labels(tiny_setup, monkeypatch, capsys):
+def test_train2_writes_ensemble_tta_labels(tiny_setup, soft_labels):
     from crackseg.distill import ensemble_sha256, read_manifest
     from crackseg.io import sha256
 
-    s = tiny_setup
-    teachers = ",".join(map(str, s["teachers"]))
-    out = in_process(monkeypatch, capsys, "Train_2_Step.py", f"--teacher={teachers}", "--tta", f"--data={s['data']}",
-                     f"--lists={s['lists']}", "--splits=train,val", f"--out={s['labels']}")
+    s, out = tiny_setup, soft_labels
     assert "train: 4 written" in out and "val: 2 written" in out
     assert "val labels (mix head, TTA d4) against the ground truth: mean strict F1" in out
     manifest = read_manifest(s["labels"] / "train")
@@ -147,14 +153,12 @@ def test_train2_writes_ensemble_tta_labels(tiny_setup, monkeypatch, capsys):
     # (refusal of the same teachers without TTA: test_distill.py::test_label_identity_includes_ensemble_tta_and_dtype)
 
 
-def test_ablation_two_seeds_resumes_after_a_kill_and_refuses_another_recipe(tiny_setup, monkeypatch, capsys,
-                                                                            fake_train3, evaluations):
+def test_ablation_two_seeds_resumes_after_a_kill_and_refuses_another_recipe(tiny_setup, soft_labels, monkeypatch,
+                                                                            capsys, fake_train3, evaluations):
     from crackseg.distill import ensemble_sha256
     from crackseg.io import sha256
 
     s = tiny_setup
-    if not (s["labels"] / "train" / "manifest.json").is_file():
-        pytest.skip("needs test_train2_writes_ensemble_tta_labels first")
     calls, kill = fake_train3
     out, results = s["root"] / "runs", s["root"] / "results" / "kd_ablation.json"
     args = ["--seeds=0,1", f"--data={s['data']}", f"--lists={s['lists']}", f"--labels={s['labels']}",
@@ -210,11 +214,9 @@ def test_ablation_two_seeds_resumes_after_a_kill_and_refuses_another_recipe(tiny
         kd_ablation.main([a if a != "--epochs=1" else "--epochs=2" for a in args])
 
 
-def test_recipe_file_goes_to_both_arms_and_sets_the_evaluation_lists(tiny_setup, monkeypatch, capsys, fake_train3,
-                                                                    evaluations, tmp_path):
+def test_recipe_file_goes_to_both_arms_and_sets_the_evaluation_lists(tiny_setup, soft_labels, monkeypatch, capsys,
+                                                                    fake_train3, evaluations, tmp_path):
     s = tiny_setup
-    if not (s["labels"] / "train" / "manifest.json").is_file():
-        pytest.skip("needs test_train2_writes_ensemble_tta_labels first")
     calls, _ = fake_train3
     recipe = tmp_path / "ablation_recipe.py"
     recipe.write_text(f'data = "{s["data"]}"\nlists = "{s["lists"]}"\nlabels = "{s["labels"]}"\n'
@@ -240,12 +242,10 @@ def test_recipe_file_goes_to_both_arms_and_sets_the_evaluation_lists(tiny_setup,
         kd_ablation.parse_args([str(recipe)])
 
 
-def test_strategies_table_with_the_real_train3(tiny_setup, monkeypatch, capsys, train3_in_process):
+def test_strategies_table_with_the_real_train3(tiny_setup, soft_labels, monkeypatch, capsys, train3_in_process):
     """Two real Train_3 runs: hyperthermal at T = 5 on the ensemble + TTA labels made at T = 10 (re-softened and
     shifted by 2 logits), and the no-teacher reference row, which runs once at Train_3's own temperatures."""
     s = tiny_setup
-    if not (s["labels"] / "train" / "manifest.json").is_file():
-        pytest.skip("needs test_train2_writes_ensemble_tta_labels first")
     results = s["root"] / "results" / "kd_strategies.json"
     monkeypatch.chdir(REPO)
     kd_ablation.main(["--strategies=hyperthermal,none", "--temperatures=5", f"--data={s['data']}",

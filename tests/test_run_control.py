@@ -202,8 +202,8 @@ def test_balanced_validation_logs_the_card_rule_for_checkpoint_choice():
     validator.on_epoch_end(0, logs)
     probs = predict_probabilities(net, images, "mix")
     assert [p.shape for p in probs] == [im.shape[:2] for im in images]
-    one_by_one = [keras.ops.convert_to_numpy(net(prepare_one(im), training=False)["mix"])[0, :im.shape[0], :im.shape[1], 1]
-                  for im in images]
+    mix = [keras.ops.convert_to_numpy(net(prepare_one(im), training=False)["mix"]) for im in images]
+    one_by_one = [m[0, :im.shape[0], :im.shape[1], 1] for m, im in zip(mix, images)]
     for got, want in zip(probs, one_by_one):
         np.testing.assert_allclose(got, want, atol=1e-5)  # batched by size = one at a time
     expected = balanced_threshold(dataset_curves(probs, masks, names))
@@ -224,7 +224,8 @@ def test_balanced_validation_logs_the_card_rule_for_checkpoint_choice():
         guarded.on_epoch_end(0, out)
     assert kept["val_score"] == pytest.approx(expected["mean_f1"])
     assert missed["val_score"] == pytest.approx(expected["mean_f1"] - 1.0)
-    assert missed["val_mean_f1"] == pytest.approx(expected["mean_f1"]) and missed["val_threshold"] == expected["threshold"]
+    assert missed["val_mean_f1"] == pytest.approx(expected["mean_f1"])
+    assert missed["val_threshold"] == expected["threshold"]
     with pytest.raises(TrainingError, match="no validation images of c"):
         BalancedValidation(images, masks, names, "mix", {"c": 0.5})
 

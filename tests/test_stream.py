@@ -5,6 +5,7 @@ import base64
 import json
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -338,29 +339,36 @@ def test_status_line_summarises_beyond_20_devices():
         receiver.close()
 
 
-def test_a_slow_decode_holds_up_only_its_own_device(monkeypatch):
-    real = stream.decode_jpeg
+@pytest.mark.parametrize("width, height", [(64, 48), (2048, 1088)])  # the light decode lane and the large one
+def test_a_slow_decode_holds_up_only_its_own_device(monkeypatch, width, height):
+    """The slow device's decodes wait on an event the test sets only after the fast frame arrived: an ordering
+    fact, whatever the machine's load (a receiver decoding in line would never hand the fast frame out)."""
+    real, release, decoded = stream.decode_jpeg, threading.Event(), []
 
     def slow_for_one(header, jpeg):
         if header["device"] == "slow":
-            time.sleep(3.0)  # long against the bounds below, so a loaded machine does not blur the two
+            release.wait(60)
+            decoded.append(header["frame"])
         return real(header, jpeg)
 
     monkeypatch.setattr(stream, "decode_jpeg", slow_for_one)
     receiver = Receiver(f"tcp://127.0.0.1:{free_port()}")
     push = push_socket(receiver.address)
+    slow = patch_size(encode_jpeg(frame_image()), width, height) if width * height > 64 * 48 else None
     try:
-        push.send_multipart(valid_message("slow", 0))
-        push.send_multipart(valid_message("slow", 1))
+        for frame in (0, 1):
+            push.send_multipart(message_with(slow, width, height, "slow", frame) if slow else
+                                valid_message("slow", frame))
         time.sleep(0.1)
-        start = time.monotonic()
         push.send_multipart(valid_message("fast", 0))
-        got = receiver.receive(timeout=2.5)
+        got = receiver.receive(timeout=30)
         assert got is not None and got.header["device"] == "fast"
-        assert time.monotonic() - start < 2.0
-        rest = drain(receiver, 15.0, count=2)
+        assert decoded == []  # handed out while the slow device's first decode was still held
+        release.set()
+        rest = drain(receiver, 30.0, count=2)
         assert [m.header["frame"] for m in rest] == [0, 1]  # the slow device's frames, still in order
     finally:
+        release.set()  # never leave a decode thread waiting
         push.close()
         receiver.close()
 
