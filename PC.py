@@ -15,7 +15,11 @@ to DIR/headers.jsonl. Malformed messages (wrong frame count, bad JSON or fields,
 own frame header differs from the message's or exceeds --max_pixels, oversized, unknown version, beyond
 --max_devices) are counted by reason and skipped. Per-device FPS and rejected counts are printed every
 --report_every s. --make_keys on an existing folder keeps its server key and adds only missing clients.
+At start the soft open-file limit is raised to the hard one; the page keeps its connections below it (idle and
+stalled browsers are closed, docs/workstation.md). A frame that cannot be saved for want of file descriptors is
+one line (rate-limited) and counted, and receiving goes on; a --save disk that fills up or goes away ends the run.
 """
+import errno
 import os
 import signal
 import sys
@@ -83,7 +87,8 @@ def show_windows() -> bool:
         return True
     except cv2.error:
         print("no display (OpenCV without GUI support, or no $DISPLAY): no windows"
-              + ("; the dashboard page shows the streams" if http else "; --http=127.0.0.1:8080 shows them in a browser"),
+              + ("; the dashboard page shows the streams" if http
+                 else "; --http=127.0.0.1:8080 shows them in a browser"),
               flush=True)
         return False
 
@@ -98,6 +103,46 @@ def keys() -> int:
           + ", ".join(f"{k}: {v}" for k, v in made.items() if k != "pc")
           + ("; new server key: copy every device's folder again" if new_server_key else ""))
     return 0
+
+
+def raise_open_file_limit() -> int | None:
+    """Raise the soft RLIMIT_NOFILE to the hard one (the page's connections, ZeroMQ's peers and the saved frames
+    all count against it); returns the soft limit now (None: unlimited, or not Unix). Never fails."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # e.g. macOS refuses an unlimited hard limit: keep what there is
+            pass
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+# A saver error of these kinds passes (another process or a flood of connections holds the descriptors): the frame
+# is not saved, the run goes on. Any other (disk full, folder gone) ends the run.
+TRANSIENT_SAVE_ERRORS = (errno.EMFILE, errno.ENFILE)
+
+
+class Lines:
+    """One line per kind of trouble, at most every ``every`` seconds each, with how many happened in between."""
+
+    def __init__(self, every: float = 5.0):
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+
+    def say(self, kind: str, text: str) -> None:
+        self._count[kind] = self._count.get(kind, 0) + 1
+        now = time.monotonic()
+        if now - self._last.get(kind, -1e9) >= self.every:
+            more = self._count[kind] - 1
+            print(f"warning: {text}" + (f" ({more} more since the last such line)" if more > 0 else ""),
+                  file=sys.stderr, flush=True)
+            self._last[kind], self._count[kind] = now, 0
 
 
 def start_page():
@@ -122,6 +167,7 @@ def run() -> int:
     problem = check_flags()
     if problem:
         return fail(problem)
+    raise_open_file_limit()
     show = not headless and not save and show_windows()
     try:
         receiver = Receiver(bind, int(max_message_mb * 2**20), curve or None, max_pixels=max_pixels,
@@ -141,7 +187,7 @@ def run() -> int:
             page.close()
         return fail(f"--save={save}: {exc}" if isinstance(exc, OSError) else str(exc), 1)
     valid, started, next_report = 0, time.monotonic(), time.monotonic() + report_every
-    reason, status = "interrupted", 0
+    reason, status, unsaved, lines = "interrupted", 0, 0, Lines()
     try:
         print(f"listening on {receiver.address}" + (" (CURVE)" if curve else "")
               + (f"; saving to {saver.folder}" if saver else ""), flush=True)
@@ -153,14 +199,27 @@ def run() -> int:
             wait = min(0.5, max(0.0, next_report - now))
             message = receiver.receive(timeout=wait)
             if state is not None:
-                state.set_rejected(receiver.rejected)
+                try:  # the page is a view: its trouble never stops receiving or saving
+                    state.set_rejected(receiver.rejected)
+                except Exception as exc:  # any error of the page: one line, receiving goes on
+                    lines.say("page", f"dashboard: {type(exc).__name__}: {exc}")
             if message is not None:
                 header = message.header
                 valid += 1
                 if state is not None:
-                    state.update(header, message.jpeg, message.received)
+                    try:
+                        state.update(header, message.jpeg, message.received)
+                    except Exception as exc:  # any error of the page: one line, receiving goes on
+                        lines.say("page", f"dashboard: {type(exc).__name__}: {exc}")
                 if saver:
-                    saver.save(header, message.jpeg, message.received)
+                    try:
+                        saver.save(header, message.jpeg, message.received)
+                    except OSError as exc:
+                        if exc.errno not in TRANSIENT_SAVE_ERRORS:
+                            raise
+                        unsaved += 1
+                        lines.say("save", f"--save={save}: frame {header['frame']} of {header['device']} not "
+                                          f"saved: {exc.strerror or exc}")
                 if show:
                     cv2.imshow(f"crack: {header['device']}", cv2.cvtColor(message.image, cv2.COLOR_RGB2BGR))
                     if cv2.waitKey(1) & 0xFF in (27, ord("q")):
@@ -185,7 +244,8 @@ def run() -> int:
         receiver.close()
         if show:
             cv2.destroyAllWindows()
-    print(f"done: {valid} valid frames; {reason}; {receiver.summary()}", flush=True)
+    print(f"done: {valid} valid frames" + (f" ({unsaved} not saved: out of file descriptors)" if unsaved else "")
+          + f"; {reason}; {receiver.summary()}", flush=True)
     return status
 
 

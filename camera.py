@@ -8,8 +8,10 @@
 --source: a camera index, a video file, an RTSP/HTTP(S) URL or a folder of images. --model: .onnx, .engine, .keras or
 a preset; TensorFlow is imported only for the Keras backend. The threshold comes from the model card beside the
 model (student.json) unless --threshold is given. End of file, a disconnected camera and Ctrl+C end cleanly;
-unreadable images in a folder are skipped. --send never blocks the loop: while PC.py is away frames are dropped
-(counted) and the stream resumes when it returns.
+images in a folder that cannot be read (or hold more than --max_pixels) are skipped with one line each. A --save
+folder keeps what is already in it (a name that is taken gets -1, -2, ...); a --save video that exists is refused.
+--send never blocks the loop: while PC.py is away frames are dropped (counted) and the stream resumes when it
+returns.
 """
 import os
 import signal
@@ -20,17 +22,20 @@ from itertools import islice
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from crackseg.config import configure  # noqa: E402
+from crackseg.config import configure
 
 source = "0"                      # camera index | video file | rtsp:// http:// URL | folder of images
 model = "weights/student.onnx"    # .onnx | .engine | .keras | preset name (untrained)
-backend = "auto"                  # auto (CPU: openvino, see README.md (Inference speed)) | openvino | onnx | tensorrt | keras
+backend = "auto"                  # auto (CPU: openvino, see README.md (Inference speed)) | openvino | onnx | tensorrt
+                                  # | keras
 threshold = None                  # None: from the model card (default 0.5)
 precision = "auto"                # auto | fp32 | bf16 | int8 (OpenVINO). auto: int8 (student_int8.xml beside --model)
                                   # where the CPU has VNNI / AMX / AVX2 and its card records validation F1 within
                                   # 0.5 pt, else bf16 where the CPU reports BF16, else fp32; the model: line says
                                   # which and why (docs/speed.md)
 max_side = 0                      # shrink frames so the longer side is at most this before inference (0: as read)
+max_pixels = 64 << 20             # skip (one line, undecoded) a folder image whose header declares more pixels
+                                  # (0: no limit)
 mm_per_px = 0.0                   # millimetres per pixel of the frames as read (docs/measure.md): overlay, printed
                                   # line and stream stats in mm with the frame's worst severity (0: pixels)
 severity = "ltpp"                 # with --mm_per_px: ltpp (<=6, 6-19, >19 mm) | astm (<10, 10-76, >76 mm) | edges
@@ -81,8 +86,11 @@ def run() -> int:
     if throughput not in THROUGHPUT_CHOICES:
         print(f"error: --throughput={throughput}: expected auto, on or off", file=sys.stderr)
         return 1
+    if max_pixels < 0:
+        print(f"error: --max_pixels={max_pixels}: expected a pixel count, or 0 for no limit", file=sys.stderr)
+        return 1
     try:
-        frames = FrameSource(source, read_retries)
+        frames = FrameSource(source, read_retries, max_pixels)
     except SourceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -97,7 +105,8 @@ def run() -> int:
                 native = int(max(frames.capture.get(cv2.CAP_PROP_FRAME_WIDTH),
                                  frames.capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
             measure = frame_measure(MeasureSettings(mm_per_px=mm_per_px, severity=severity), native)
-    except MeasureError as exc:
+        saver = OverlaySaver(save, frames.fps) if save else None  # refuses to replace a video file up front
+    except (MeasureError, SourceError) as exc:
         frames.close()
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -133,14 +142,14 @@ def run() -> int:
             print(f"error: {exc}" if isinstance(exc, RuntimeError)
                   else f"error: --preview needs aiohttp (pip install aiohttp==3.14.5): {exc}", file=sys.stderr)
             return 1
-    saver = OverlaySaver(save, frames.fps) if save else None
     show = not headless and open_window()
     outlet = sender.send if sender else None
     if page:
         outlet = page.outlet(outlet)  # every frame to the page, then to PC.py
     pipeline = FramePipeline(engine, max_side=max_side, saver=saver, send=outlet,
                              device=name, jpeg_quality=jpeg_quality, overlap=overlap, measure=measure,
-                             throughput=throughput == "on" or (throughput == "auto" and frames.kind in ("folder", "video")))
+                             throughput=throughput == "on" or (throughput == "auto"
+                                                               and frames.kind in ("folder", "video")))
     # islice: no frame beyond --max_frames is read or inferred, even one ahead on the helper thread.
     results = pipeline.results(islice(frames.frames(), max_frames or None))
     count, started, paced, status = 0, time.monotonic(), time.monotonic(), 0
@@ -182,7 +191,7 @@ def run() -> int:
             cv2.destroyAllWindows()
     elapsed = max(time.monotonic() - started, 1e-6)
     print(f"done: {count} frames in {elapsed:.1f} s ({count / elapsed:.2f} FPS); {frames.end_reason}"
-          + (f"; {frames.skipped} unreadable skipped" if frames.skipped else "")
+          + (f"; {frames.skipped} skipped (unreadable or over --max_pixels)" if frames.skipped else "")
           + (f"; sent {sender.sent}, dropped {sender.dropped}" if sender else ""), flush=True)
     return status
 

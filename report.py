@@ -16,7 +16,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from crackseg.config import configure  # noqa: E402
+from crackseg.config import configure
 
 source = ""                       # folder of images or a video file to run the model on
 masks = ""                        # or: a folder of crack masks made elsewhere (PNG 0/255 or 0/1, CrackForest .mat)
@@ -33,6 +33,7 @@ gap_px = 10.0                     # pieces whose end comes this close to another
 min_length_px = 10.0              # shorter cracks are specks: left out (they still count in the crack ratio)
 every = 1                         # every N-th video frame (or image of a folder)
 max_images = 0                    # stop after this many images / frames (0: all)
+max_pixels = 64 << 20             # skip (one line, undecoded) an image whose header declares more pixels (0: no limit)
 out = "report"                    # output folder: new, empty or an earlier report
 thumb_px = 360                    # thumbnail size (longer side) in index.html
 title = ""                        # page title ("": "Crack survey" and the source)
@@ -41,7 +42,7 @@ config = configure(globals(), __doc__)
 
 from itertools import islice  # noqa: E402
 
-from crackseg.data import DataError  # noqa: E402
+from crackseg.data import DataError, error_line  # noqa: E402
 from crackseg.engines import EngineError, open_engine  # noqa: E402
 from crackseg.measure import MeasureError, MeasureSettings  # noqa: E402
 from crackseg.report import ReportError, SurveyReport, mask_frames, model_masks, source_frames  # noqa: E402
@@ -68,28 +69,43 @@ def run() -> int:
     if images and not masks:
         print("error: --images goes with --masks (with --source the photos are the source)", file=sys.stderr)
         return 2
+    if max_pixels < 0:
+        print(f"error: --max_pixels={max_pixels}: expected a pixel count, or 0 for no limit", file=sys.stderr)
+        return 2
     engine = frames = None
+    skipped: list[str] = []
+
+    def skip(line: str) -> None:  # one input that cannot be used: one line, and the survey goes on
+        skipped.append(line)
+        print(f"skip: {line}", flush=True)
+
     try:
         settings = MeasureSettings(mm_per_px=mm_per_px or None, travel=travel, severity=severity, gap_px=gap_px,
                                    min_length_px=min_length_px)
-        meta = {"title": title or f"Crack survey: {source or masks}", "source": source or None, "masks": masks or None}
+        meta = {"title": title or f"Crack survey: {source or masks}", "source": source or None, "masks": masks or None,
+                "max_pixels": max_pixels}
         report = SurveyReport(out, settings, meta, thumb_px)  # refuses a folder of someone else's files up front
+        report.skipped = skipped
         if masks:
-            total, items = mask_frames(masks, images or None, every)
+            total, items = mask_frames(masks, images or None, every, max_pixels, on_skip=skip)
         else:
-            frames, total, read = source_frames(source, every)
+            frames, total, read = source_frames(source, every, max_pixels, on_skip=skip)
             engine = open_engine(model, backend, threshold, precision=precision)
             print(f"model: {engine.describe()}; source: {frames.kind} {source}", flush=True)
             report.meta.update(model=model, model_description=engine.describe(), threshold=engine.threshold,
                                every=every, max_side=max_side)
-            items = model_masks(engine, read, max_side)
+            items = model_masks(engine, read, max_side, on_skip=skip)
         if max_images:
             total = min(total, max_images) if total else max_images
             items = islice(items, max_images)
         for name, image, mask in progress(items, total, "frames" if frames and frames.kind == "video" else "images"):
-            report.add(name, image, mask)
+            try:
+                report.add(name, image, mask)
+            except Exception as exc:  # measuring one image failed: that image is left out, not the survey
+                skip(f"{name}: {error_line(exc)}")
         if not report.records:
-            raise ReportError(f"{source or masks}: nothing was read")
+            raise ReportError(f"{source or masks}: nothing was read"
+                              + (f" ({len(skipped)} skipped)" if skipped else ""))
         paths = report.write()
     except (ReportError, MeasureError, EngineError, SourceError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -106,7 +122,7 @@ def run() -> int:
     u = settings.unit
     print(f"{totals['images']} images, {totals['cracks']} cracks, {totals[f'length_{u}']:.0f} {u} in all"
           + ("" if settings.mm_per_px else " (pixels: no --mm_per_px)")
-          + (f"; {frames.skipped} unreadable skipped" if frames is not None and frames.skipped else ""))
+          + (f"; {len(skipped)} skipped (unreadable, over --max_pixels or failed)" if skipped else ""))
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 

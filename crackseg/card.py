@@ -7,6 +7,8 @@ No TensorFlow here: the edge side reads cards too.
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -46,6 +48,64 @@ def recorded_sha256(card: dict, file_name: str) -> list[str]:
     return [digest for name, digest in entries if name == file_name and digest]
 
 
+_DIGESTS: dict[tuple, str] = {}  # (path, device, inode, size, mtime_ns) -> sha256
+_DIGESTS_LOCK = threading.Lock()
+MAX_DIGESTS = 256
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, remembered while its device, inode, size and modification time (ns) stay the same:
+    opening a model again (every engine checks its file against its card) costs one ``stat``, not a read. A file
+    replaced (new inode) or rewritten (new mtime) is hashed again."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _DIGESTS_LOCK:
+        digest = _DIGESTS.get(key)
+    if digest is None:
+        digest = sha256(path)
+        with _DIGESTS_LOCK:
+            if len(_DIGESTS) >= MAX_DIGESTS:
+                _DIGESTS.clear()
+            _DIGESTS[key] = digest
+    return digest
+
+
+def _all_sha256(card: dict) -> set[str]:
+    """Every file hash a card records (its model's and each export's)."""
+    exports = card.get("exports")
+    found = {card.get("sha256")} | ({entry.get("sha256") for entry in exports.values() if isinstance(entry, dict)}
+                                    if isinstance(exports, dict) else set())
+    return {digest for digest in found if isinstance(digest, str) and digest}
+
+
+def check_model_file(model_path: str | Path, card: dict) -> None:
+    """CardError (one line) unless ``card`` (the card beside ``model_path``) vouches for that very file: the sha256
+    it records for the file's name (and for an OpenVINO IR's ``.bin``, its ``bin_sha256``) is the file's own. A
+    card that records hashes but none for this name vouches only for those bytes (a copy under another name is
+    fine); any other file is refused (a stale ``student.onnx`` beside the card of a newer ``student.keras``). A card
+    recording no hash at all (written by hand, only a threshold) vouches for nothing and refuses nothing."""
+    path, name = Path(model_path), Path(model_path).name
+    recorded = recorded_sha256(card, name)
+    if not recorded:
+        known = _all_sha256(card)
+        if known and (not path.is_file() or file_sha256(path) not in known):
+            raise CardError(f"{card_path(path)}: describes {card.get('model', 'another file')} but records no sha256 "
+                            f"for {name} (left from an earlier model?); re-export it with TensorRT.py")
+        return
+    if not path.is_file():
+        raise CardError(f"{path}: model file not found")
+    if any(digest != file_sha256(path) for digest in recorded):
+        raise CardError(f"{card_path(path)}: sha256 does not match {name} (the file changed after its card was "
+                        f"written, or was left from an earlier model); re-export it with TensorRT.py")
+    exports = card.get("exports")
+    for entry in exports.values() if isinstance(exports, dict) else ():
+        if isinstance(entry, dict) and entry.get("file") == name and entry.get("bin_sha256"):
+            weights = path.with_suffix(".bin")
+            if not weights.is_file() or file_sha256(weights) != entry["bin_sha256"]:
+                raise CardError(f"{card_path(path)}: sha256 does not match {weights.name} (the weights of {name}); "
+                                f"re-export it with TensorRT.py")
+
+
 def read_card(model_path: str | Path, verify: bool = False) -> dict:
     """The card beside ``model_path``; with ``verify`` also check the sha256 the card records for that very file."""
     path = card_path(model_path)
@@ -64,7 +124,7 @@ def read_card(model_path: str | Path, verify: bool = False) -> dict:
             raise CardError(f"{path}: records no sha256 for {name} (neither its 'model' nor an 'exports' entry)")
         if not Path(model_path).is_file():
             raise CardError(f"{model_path}: model file not found")
-        actual = sha256(model_path)
+        actual = file_sha256(model_path)
         if any(digest != actual for digest in recorded):
             raise CardError(f"{path}: sha256 does not match {name} (the file changed after its card was written)")
     return card

@@ -16,6 +16,19 @@ statistics, last-seen age and online/offline, a chart of crack ratio and crack l
 With a token (PC.py gives one with --curve or any non-loopback --http) every URL needs it: ``?token=...`` once
 (the page then keeps it in an HttpOnly cookie), a ``Authorization: Bearer ...`` header, or the form the page shows.
 Without one, only requests whose Host is the loopback address being served are answered (no DNS rebinding).
+
+Idle and slow clients cannot starve the process of file descriptors or the page of its slots: at most
+``max_connections`` connections are open at once (by default below the process's open-file limit, leaving room for
+the receiver's sockets and saved files); at that cap a new connection closes the oldest one that is between
+requests (idle, or still sending its headers), and is refused only when every one is answering a request. A
+connection that has not sent a whole request within ``HEADER_TIMEOUT`` seconds (or idles that long between
+requests) is closed (aiohttp's ``keepalive_timeout``, which runs from the moment a connection opens). Each
+``/events`` page gets the latest state only when its socket has taken everything sent before (events it could not
+take are dropped, never queued), and is closed once it has taken nothing for ``STALL_SECONDS``; a page's socket
+send buffer is kept small so a page that stopped reading shows up after kilobytes, not megabytes. At
+``max_event_clients`` pages a new page takes the slot of the most stalled one, else of the oldest (the newest
+reader wins; a real page reconnects by itself). Malformed requests and server errors are one log line each,
+rate-limited (``LogLimiter``), never a traceback.
 """
 from __future__ import annotations
 
@@ -24,20 +37,30 @@ import collections
 import hmac
 import ipaddress
 import json
+import logging
 import secrets
+import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 from aiohttp import web
 
 HISTORY = 240          # chart points kept per device
 ONLINE_SECONDS = 5.0   # a device is online while its last frame is at most this old
 PUSH_SECONDS = 0.25    # how often a connected page gets what changed
-MAX_EVENT_CLIENTS = 32  # pages connected at once; more get 503
-WRITE_TIMEOUT = 10.0   # a page that takes longer than this to accept an update is disconnected
+MAX_EVENT_CLIENTS = 32  # pages connected at once; a further one takes the slot of the most stalled (or oldest)
+STALL_SECONDS = 10.0   # a page whose socket has taken nothing for this long is closed
+HEADER_TIMEOUT = 10.0  # a connection must send a whole request within this long, and may idle this long between
+MAX_CONNECTIONS = 1024  # open connections at most, whatever the file limit
+RESERVED_FILES = 128   # descriptors left to the rest of the process (ZeroMQ peers, saved frames, pipes, libraries)
+EVENT_SEND_BUFFER = 32 << 10  # SO_SNDBUF of an /events socket: a page that stops reading shows up after ~100 KB
+LOG_BURST, LOG_WINDOW = 10, 10.0  # at most this many server log lines per window; the rest are counted
 COOKIE = "crackseg_token"
+BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n"
+                 b"Connection: close\r\n\r\ntoo many connections\n")
 
 
 class DashboardError(RuntimeError):
@@ -70,6 +93,115 @@ def is_loopback(host: str) -> bool:
 
 def new_token() -> str:
     return secrets.token_urlsafe(18)
+
+
+def open_file_limit() -> int | None:
+    """The process's soft limit on open files (None where there is none to read: not Unix)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def connection_limit(file_limit: int | None = None) -> int:
+    """How many connections the page keeps open at most: half of what the open-file limit leaves after
+    ``RESERVED_FILES``, between 8 and ``MAX_CONNECTIONS``."""
+    limit = open_file_limit() if file_limit is None else file_limit
+    if limit is None:
+        return MAX_CONNECTIONS
+    return max(8, min(MAX_CONNECTIONS, (limit - RESERVED_FILES) // 2))
+
+
+class LogLimiter(logging.Filter):
+    """At most ``burst`` records per ``window`` seconds pass; each record becomes one line (no traceback: the
+    exception's type and message are appended, on the same line); the next line after a quiet spell says how many
+    were dropped."""
+
+    def __init__(self, burst: int = LOG_BURST, window: float = LOG_WINDOW,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.burst, self.window, self.clock = burst, window, clock
+        self._start, self._count, self.suppressed = -float("inf"), 0, 0
+        self._lock = threading.Lock()
+
+    def allow(self) -> tuple[bool, int]:
+        """(whether a line may be printed now, how many were dropped before it)."""
+        with self._lock:
+            now = self.clock()
+            if now - self._start >= self.window:
+                self._start, self._count = now, 0
+            self._count += 1
+            if self._count > self.burst:
+                self.suppressed += 1
+                return False, 0
+            dropped, self.suppressed = self.suppressed, 0
+            return True, dropped
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ok, dropped = self.allow()
+        if not ok:
+            return False
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            detail = " ".join(str(exc).split())  # aiohttp's parser errors span several lines: one here
+            text += f": {type(exc).__name__}" + (f": {detail}" if detail else "")
+        if dropped:
+            text += f" ({dropped} more lines like these dropped)"
+        record.msg, record.args = text[:300], None
+        record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after the logger is made)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def one_line_logger(name: str = "crackseg.dashboard") -> logging.Logger:
+    """A logger that prints ``dashboard: <message>`` lines to stderr, rate-limited, and never propagates (so no
+    traceback reaches the root logger). Given to aiohttp as its server logger."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, LogLimiter) for f in logger.filters):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("dashboard: %(message)s"))
+        logger.addHandler(handler)
+        logger.addFilter(LogLimiter())
+        logger.setLevel(logging.DEBUG)  # aiohttp logs a request that is not HTTP at all at debug level
+        logger.propagate = False
+    return logger
+
+
+class _Refuse(asyncio.Protocol):
+    """A connection beyond the cap when none can be closed for it: one 503 line, then closed."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(BUSY_RESPONSE)  # type: ignore[attr-defined]
+        transport.close()
+
+
+@dataclass(eq=False)
+class _Page:
+    """One connected ``/events`` page."""
+    transport: asyncio.Transport
+    opened: float
+    wake: asyncio.Event
+    stalled_since: float | None = None  # since when its socket has not taken what it was sent
+    closed: str = ""  # why it was closed by the server ("" while open)
+
+    def close(self, why: str) -> None:
+        self.closed = self.closed or why
+        self.wake.set()
+        self.transport.abort()  # frees the descriptor now: close() would wait for a page that does not read
 
 
 @dataclass
@@ -167,16 +299,28 @@ class Dashboard:
     """aiohttp server for a ``DashboardState`` on its own thread and event loop."""
 
     def __init__(self, state: DashboardState, address: str = "127.0.0.1:8080", token: str | None = None,
-                 flag: str = "--http"):
+                 flag: str = "--http", *, max_connections: int | None = None,
+                 max_event_clients: int = MAX_EVENT_CLIENTS, header_timeout: float = HEADER_TIMEOUT,
+                 stall_seconds: float = STALL_SECONDS, logger: logging.Logger | None = None):
+        """``max_connections``: open connections at most (None: ``connection_limit()`` of the open-file limit now);
+        ``max_event_clients``: ``/events`` pages at once (at most half the connections)."""
         self.state, self.flag = state, flag
         self.host, self.port = parse_address(address, flag)
         self.token = token or None
         self.url = ""
+        self.max_connections = max(2, int(max_connections or connection_limit()))
+        self.max_event_clients = max(1, min(int(max_event_clients), self.max_connections // 2))
+        self.header_timeout, self.stall_seconds = float(header_timeout), float(stall_seconds)
+        self.logger = logger or one_line_logger()
+        self.refused = 0  # connections answered 503 at the cap (every open one was answering a request)
+        self.evicted = 0  # idle connections closed at the cap for a new one
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._closing = False
-        self._clients = 0
+        self._runner: web.AppRunner | None = None
+        self._busy: set = set()  # aiohttp request handlers (connections) answering a request now
+        self._pages: list[_Page] = []  # connected /events pages, oldest first
 
     # -- lifecycle
     def start(self) -> str:
@@ -195,15 +339,23 @@ class Dashboard:
     def _serve(self, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
+        loop.set_exception_handler(self._loop_error)
         self._loop = loop
-        runner = web.AppRunner(self._app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        # keepalive_timeout runs from the moment a connection opens (aiohttp >= 3.11), so it is also the deadline
+        # for a connection's first request line and headers
+        runner = web.AppRunner(self._app(), access_log=None, handle_signals=False, shutdown_timeout=1.0,
+                               keepalive_timeout=self.header_timeout, logger=self.logger)
+        self._runner = runner
+        server: asyncio.AbstractServer | None = None
         try:
             loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, self.host, self.port)
-            loop.run_until_complete(site.start())
-            self.port = runner.addresses[0][1]
+            # our own listening socket (not web.TCPSite) so every new connection passes the cap in _accept first
+            server = loop.run_until_complete(loop.create_server(self._accept, self.host, self.port, backlog=128))
+            self.port = server.sockets[0].getsockname()[1]
         except (OSError, RuntimeError, ValueError) as exc:
             self._error = exc
+            if server is not None:
+                server.close()
             loop.run_until_complete(runner.cleanup())
             loop.close()
             ready.set()
@@ -212,8 +364,32 @@ class Dashboard:
         try:
             loop.run_forever()
         finally:
+            server.close()
+            for page in list(self._pages):
+                page.close("the dashboard is closing")
             loop.run_until_complete(runner.cleanup())
             loop.close()
+
+    def _accept(self) -> asyncio.BaseProtocol:
+        """The protocol of a new connection: aiohttp's, after making room under ``max_connections`` by closing the
+        oldest connection that is not answering a request; a 503 when there is none."""
+        assert self._runner is not None and self._runner.server is not None
+        server = self._runner.server
+        open_now = [h for h in server.connections if h.transport is not None]  # oldest first
+        if len(open_now) >= self.max_connections:
+            idle = [h for h in open_now if h not in self._busy]
+            if not idle:
+                self.refused += 1
+                return _Refuse()
+            for handler in idle[:len(open_now) - self.max_connections + 1]:
+                handler.force_close()
+                self.evicted += 1
+        return server()
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """asyncio's errors (e.g. accept() out of descriptors): one rate-limited line each, never a traceback."""
+        exc = context.get("exception")
+        self.logger.error(context.get("message", "event loop error"), exc_info=exc if exc is not None else None)
 
     def close(self) -> None:
         self._closing = True
@@ -244,6 +420,14 @@ class Dashboard:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
+        connection = request.protocol
+        self._busy.add(connection)  # answering a request: not a connection the cap may close for a new one
+        try:
+            return await self._answer(request, handler)
+        finally:
+            self._busy.discard(connection)
+
+    async def _answer(self, request: web.Request, handler) -> web.StreamResponse:
         if not self.token and is_loopback(self.host):
             host = (request.host or "").rsplit(":", 1)[0].strip("[]")
             if not is_loopback(host):  # a page elsewhere pointing its own name at 127.0.0.1 (DNS rebinding)
@@ -273,27 +457,60 @@ class Dashboard:
         return web.Response(body=jpeg, content_type="image/jpeg")
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
-        if self._clients >= MAX_EVENT_CLIENTS:
-            return web.Response(status=503, text=f"{MAX_EVENT_CLIENTS} pages connected already\n")
-        self._clients += 1
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return web.Response(status=503, text="connection closed\n")
+        if len(self._pages) >= self.max_event_clients:
+            # the newest reader wins: the page stalled longest, else the oldest, makes room (a page reconnects)
+            stalled = [p for p in self._pages if p.stalled_since is not None]
+            victim = min(stalled, key=lambda p: p.stalled_since) if stalled else self._pages[0]
+            victim.close("a newer page took its slot")
+            self._pages.remove(victim)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:  # a small kernel buffer: a page that stops reading is seen after kilobytes, not megabytes
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, EVENT_SEND_BUFFER)
+            except OSError:
+                pass
+        page = _Page(transport, time.monotonic(), asyncio.Event())
+        self._pages.append(page)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                                "X-Accel-Buffering": "no"})
         try:
             await response.prepare(request)
             since: dict[str, int] = {}
             sent_version, last_write = -1, 0.0
-            while not self._closing:
-                version = self.state.version
-                if version != sent_version or time.monotonic() - last_write > 15:
-                    payload = json.dumps(self.state.changes(since), separators=(",", ":"))
-                    await asyncio.wait_for(response.write(f"data: {payload}\n\n".encode()), WRITE_TIMEOUT)
-                    sent_version, last_write = version, time.monotonic()
-                await asyncio.sleep(PUSH_SECONDS)
+            while not self._closing and not page.closed:
+                version, now = self.state.version, time.monotonic()
+                if version != sent_version or now - last_write > 15:
+                    if transport.is_closing():
+                        break
+                    if transport.get_write_buffer_size() > 0:
+                        # the socket has not taken the last event yet: drop this one (the next event carries the
+                        # state as it is then), and close a page that has taken nothing for stall_seconds
+                        page.stalled_since = page.stalled_since or now
+                        if now - page.stalled_since > self.stall_seconds:
+                            page.close(f"took nothing for {self.stall_seconds:g} s")
+                            break
+                    else:
+                        page.stalled_since = None
+                        payload = json.dumps(self.state.changes(since), separators=(",", ":"))
+                        await asyncio.wait_for(response.write(f"data: {payload}\n\n".encode()), self.stall_seconds)
+                        sent_version, last_write = version, now
+                try:
+                    await asyncio.wait_for(page.wake.wait(), PUSH_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
         except (ConnectionError, asyncio.TimeoutError, RuntimeError):
-            pass  # the page went away or stopped reading
+            page.close("went away or stopped reading")
         finally:
-            self._clients -= 1
+            if page in self._pages:
+                self._pages.remove(page)
         return response
+
+    def pages(self) -> int:
+        """``/events`` pages connected now."""
+        return len(self._pages)
 
 
 def _html_escape(text: str) -> str:
@@ -398,7 +615,8 @@ function draw(d) {
     });
     g.stroke();
     g.fillStyle = color; g.font = "11px sans-serif";
-    g.fillText((k === 1 ? "max " + peak.toFixed(2) + " %" : "max " + peak.toFixed(0) + " " + (d.unit || "px")), k === 1 ? 4 : w / 2, 11);
+    g.fillText((k === 1 ? "max " + peak.toFixed(2) + " %" : "max " + peak.toFixed(0) + " " + (d.unit || "px")),
+               k === 1 ? 4 : w / 2, 11);
   }
 }
 

@@ -12,6 +12,7 @@ files hold ids (or bare stems), one per line. No Keras or TensorFlow here.
 from __future__ import annotations
 
 import random
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,10 +26,18 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MASK_EXTS = (".png", ".bmp", ".tif", ".tiff", ".mat")
 LAYOUTS = (("image", "groundTruth"), ("train_img", "train_lab"), ("test_img", "test_lab"), ("images", "masks"))
 SPLITS = ("train", "val", "test")
+# Pixels an image file may declare before it is decoded (width x height from its header). 64 Mi = 67.1 MP: a 64 MP
+# phone photo (9248 x 6936) passes; a 30000 x 30000 PNG of 875 KB, which OpenCV (limit 2^30) would expand to 2.7 GB
+# (5.4 GB with the RGB copy), does not. Scripts that read folders expose it as --max_pixels.
+MAX_PIXELS = 64 << 20
 
 
 class DataError(ValueError):
     """Bad input data; the message names the file."""
+
+
+class ImageTooLargeError(DataError):
+    """An image whose header declares more pixels than the limit; nothing of it was decoded."""
 
 
 @dataclass(frozen=True)
@@ -39,23 +48,161 @@ class Sample:
 
 
 # ---------------------------------------------------------------------------------------------- reading files
-def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED, what: str = "image") -> np.ndarray:
-    """An image file decoded by OpenCV (any path, unicode included); DataError naming the file if it can't be."""
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_FORMATS = "PNG, JPEG, BMP, TIFF, WebP or GIF"
+
+
+def _jpeg_size(f) -> tuple[int, int] | None:
+    """(width, height) from the first frame header (SOFn), walking the marker segments from byte 2 by their
+    lengths (EXIF blocks and their embedded thumbnails are skipped whole)."""
+    f.seek(2)
+    for _ in range(4096):  # segments and stray bytes: real files have < 100
+        byte = f.read(1)
+        if not byte:
+            return None
+        if byte != b"\xff":
+            continue  # stray byte before a marker: libjpeg skips these too
+        marker = 0xFF
+        while marker == 0xFF:  # fill bytes
+            byte = f.read(1)
+            if not byte:
+                return None
+            marker = byte[0]
+        if marker in (0x00, 0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length follows
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, or a scan before any frame header
+            return None
+        (length,) = struct.unpack(">H", f.read(2))
+        if length < 2:
+            return None
+        if marker in _SOF_MARKERS:
+            height, width = struct.unpack(">xHH", f.read(5))
+            return width, height
+        f.seek(length - 2, 1)
+    return None
+
+
+def _tiff_size(f, head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first image file directory, the page OpenCV decodes (classic TIFF and BigTIFF)."""
+    order = "<" if head[:2] == b"II" else ">"
+    big = head[2:4] in (b"+\0", b"\0+")
+    (offset,) = struct.unpack(order + ("Q" if big else "I"), head[8:16] if big else head[4:8])
+    f.seek(offset)
+    (count,) = struct.unpack(order + ("Q" if big else "H"), f.read(8 if big else 2))
+    entry = 20 if big else 12
+    table = f.read(entry * min(count, 4096))
+    size: dict[int, int] = {}
+    for start in range(0, len(table) - entry + 1, entry):
+        tag, kind = struct.unpack(order + "HH", table[start:start + 4])
+        if tag not in (256, 257):  # ImageWidth, ImageLength
+            continue
+        value = table[start + (12 if big else 8):start + entry]  # left-justified in the entry's value field
+        fmt = {3: "H", 4: "I", 16: "Q"}.get(kind)  # SHORT, LONG, LONG8
+        if fmt is None:
+            return None
+        size[tag] = struct.unpack(order + fmt, value[:struct.calcsize(fmt)])[0]
+    return (size[256], size[257]) if len(size) == 2 else None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    chunk = head[12:16]
+    if chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":  # lossy: 14-bit sizes after the start code
+        width, height = struct.unpack("<HH", head[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and head[20] == 0x2F:  # lossless: 14 bits each, minus one
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":  # extended: the canvas, 24 bits each, minus one
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    return None
+
+
+def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
+    """(width, height) of an image file from its header alone, no pixel decoded: PNG, JPEG, BMP, TIFF (BigTIFF
+    too), WebP or GIF, told apart by their first bytes, as OpenCV tells them. DataError naming the file when it is
+    missing or its header is none of these or cut short.
+
+    Read here rather than by Pillow: the edge install (camera.py, report.py) has OpenCV and numpy only, and
+    OpenCV's Python API has no header-only read."""
     path = Path(path)
-    data = np.fromfile(path, np.uint8) if path.is_file() else None
-    decoded = cv2.imdecode(data, flags) if data is not None and data.size else None
+    size = None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+            if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+                size = struct.unpack(">II", head[16:24])
+            elif head[:2] == b"\xff\xd8":
+                size = _jpeg_size(f)
+            elif head[:2] == b"BM":
+                if head[14:18] == b"\x0c\0\0\0":  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+                    size = struct.unpack("<HH", head[18:22])
+                else:  # a negative height is a top-down bitmap
+                    size = tuple(abs(v) for v in struct.unpack("<ii", head[18:26]))
+            elif head[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+                size = _tiff_size(f, head)
+            elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+                size = _webp_size(head)
+            elif head[:6] in (b"GIF87a", b"GIF89a"):
+                size = struct.unpack("<HH", head[6:10])
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    except (struct.error, IndexError, ValueError):  # a header cut short, or an offset past the end
+        size = None
+    if size is None:
+        raise DataError(f"{path}: cannot read {what} (empty, not a {_FORMATS} file, or a damaged header)")
+    return int(size[0]), int(size[1])
+
+
+def check_pixels(path: str | Path, max_pixels: int | None = None, what: str = "image") -> tuple[int, int]:
+    """The file's (width, height) from its header; ImageTooLargeError naming the file and its size when it holds
+    more than ``max_pixels`` (None: ``MAX_PIXELS``; 0: no limit)."""
+    width, height = image_size(path, what)
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if limit and width * height > limit:
+        raise ImageTooLargeError(f"{path}: {what} is {width}x{height} ({width * height / 1e6:.1f} MP), over the "
+                                 f"{limit / 1e6:.1f} MP limit (max_pixels); not decoded")
+    return width, height
+
+
+def decode_file(path: str | Path, flags: int = cv2.IMREAD_UNCHANGED, what: str = "image",
+                max_pixels: int | None = None) -> np.ndarray:
+    """An image file decoded by OpenCV (any path, unicode included) once its header says it holds at most
+    ``max_pixels`` (None: ``MAX_PIXELS``; over it, ImageTooLargeError before any pixel is decoded); DataError
+    naming the file if it can't be read. ``max_pixels=0`` skips the header check: any format OpenCV reads, up to
+    OpenCV's own limit of 2^30 pixels."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: cannot read {what} (missing, empty or not an image)")
+    if max_pixels != 0:
+        check_pixels(path, max_pixels, what)
+    data = np.fromfile(path, np.uint8)
+    try:
+        decoded = cv2.imdecode(data, flags) if data.size else None
+    except cv2.error as exc:  # OpenCV's own limits, or memory: one line, not its multi-line report
+        raise DataError(f"{path}: cannot read {what} ({error_line(exc)})") from None
     if decoded is None:
         raise DataError(f"{path}: cannot read {what} (missing, empty or not an image)")
     return decoded
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 HxWx3."""
-    return cv2.cvtColor(decode_file(path, cv2.IMREAD_COLOR, "image"), cv2.COLOR_BGR2RGB)
+def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """RGB uint8 HxWx3 (``max_pixels``: see ``check_pixels``)."""
+    image = decode_file(path, cv2.IMREAD_COLOR, "image", max_pixels)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # in place: no second full-size copy
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Boolean HxW crack mask from a PNG (0/255 or 0/1) or a CrackForest ``.mat`` (``Segmentation == 2``)."""
+def error_line(exc: BaseException) -> str:
+    """One line for any exception: this package's typed errors by their message, others as ``Type: message``
+    with the message's lines joined (OpenCV's errors run over several)."""
+    text = " ".join(str(exc).split())[:300]
+    if text and type(exc).__module__.split(".")[0] == __name__.split(".")[0]:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def read_mask(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Boolean HxW crack mask from a PNG (0/255 or 0/1) or a CrackForest ``.mat`` (``Segmentation == 2``);
+    ``max_pixels``: see ``check_pixels`` (image files only)."""
     path = Path(path)
     if path.suffix.lower() == ".mat":
         from scipy.io import loadmat
@@ -69,7 +216,7 @@ def read_mask(path: str | Path) -> np.ndarray:
         if seg.ndim != 2 or not np.issubdtype(seg.dtype, np.integer):
             raise DataError(f"{path}: Segmentation is not a 2-D integer label map (shape {seg.shape}, {seg.dtype})")
         return seg == 2
-    mask = decode_file(path, cv2.IMREAD_UNCHANGED, "mask")
+    mask = decode_file(path, cv2.IMREAD_UNCHANGED, "mask", max_pixels)
     if mask.ndim == 3:
         if not (np.array_equal(mask[..., 0], mask[..., 1]) and np.array_equal(mask[..., 0], mask[..., 2])):
             raise DataError(f"{path}: mask is a colour image; expected a single-channel 0/255 or 0/1 mask")
@@ -80,9 +227,10 @@ def read_mask(path: str | Path) -> np.ndarray:
     return mask > 0
 
 
-def load_pair(sample: Sample, dilate: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Image (uint8 HxWx3) and mask (bool HxW), checked to have the same size; optional k x k label dilation."""
-    image, mask = read_image(sample.image), read_mask(sample.mask)
+def load_pair(sample: Sample, dilate: int = 0, max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Image (uint8 HxWx3) and mask (bool HxW), checked to have the same size; optional k x k label dilation;
+    ``max_pixels``: see ``decode_file``."""
+    image, mask = read_image(sample.image, max_pixels), read_mask(sample.mask, max_pixels)
     if image.shape[:2] != mask.shape:
         raise DataError(f"{sample.mask}: mask size {mask.shape[1]}x{mask.shape[0]} does not match image "
                         f"{sample.image.name} size {image.shape[1]}x{image.shape[0]}")
@@ -92,11 +240,31 @@ def load_pair(sample: Sample, dilate: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-def load_arrays(samples: list[Sample], dilate: int = 0, workers: int = 4) -> tuple[list, list]:
+def load_arrays(samples: list[Sample], dilate: int = 0, workers: int = 4, max_pixels: int | None = None
+                ) -> tuple[list, list]:
     """Decode every sample in parallel (OpenCV releases the GIL); returns (images, masks)."""
     with ThreadPoolExecutor(workers) as pool:
-        pairs = list(pool.map(lambda s: load_pair(s, dilate), samples))
+        pairs = list(pool.map(lambda s: load_pair(s, dilate, max_pixels), samples))
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def drop_oversized(samples: list[Sample], max_pixels: int | None = None) -> list[Sample]:
+    """``samples`` less those whose image or mask header declares more than ``max_pixels`` (None: ``MAX_PIXELS``;
+    0: none dropped), one printed line each naming the file and its size, so a training run goes on without them
+    instead of decoding gigabytes. Headers only: nothing is decoded here."""
+    if max_pixels == 0:
+        return list(samples)
+    kept = []
+    for sample in samples:
+        try:
+            check_pixels(sample.image, max_pixels, "image")
+            if sample.mask.suffix.lower() != ".mat":  # scipy reads .mat masks; no image header to check
+                check_pixels(sample.mask, max_pixels, "mask")
+        except ImageTooLargeError as exc:
+            print(f"skip: {exc}", flush=True)
+            continue
+        kept.append(sample)
+    return kept
 
 
 # ---------------------------------------------------------------------------------------------- finding samples
@@ -513,17 +681,19 @@ def epoch_plan(datasets: list[str], shares: dict[str, float], pieces_per_tile: d
 
 # ---------------------------------------------------------------------------------------------- for the scripts
 def load_training_data(data: str, lists: str | None, val_fraction: float = 0.1, seed: int = 0, dilate: int = 0,
-                       workers: int = 4) -> dict:
+                       workers: int = 4, max_pixels: int | None = None) -> dict:
     """Split and decode everything a training script needs: ``{"splits", "train": (imgs, masks),
-    "val": (imgs, masks)}``; train masks are dilated by ``dilate`` (k x k) when > 1, val masks never."""
+    "val": (imgs, masks)}``; train masks are dilated by ``dilate`` (k x k) when > 1, val masks never. Samples over
+    ``max_pixels`` (None: ``MAX_PIXELS``) are left out of every split with one line each (``drop_oversized``)."""
     splits = load_split(data, lists, val_fraction, seed)
+    splits = {name: drop_oversized(part, max_pixels) for name, part in splits.items()}
     if not splits["train"]:
         raise DataError(f"{data}: the training split is empty")
     if not splits["val"]:
         raise DataError(f"{data}: the validation split is empty (add val.txt or raise val_fraction)")
     print(f"data: {len(splits['train'])} train, {len(splits['val'])} val, {len(splits['test'])} test from {data}")
-    return {"splits": splits, "train": load_arrays(splits["train"], dilate, workers),
-            "val": load_arrays(splits["val"], 0, workers),
+    return {"splits": splits, "train": load_arrays(splits["train"], dilate, workers, max_pixels),
+            "val": load_arrays(splits["val"], 0, workers, max_pixels),
             "datasets": {name: [dataset_of(s) for s in splits[name]] for name in ("train", "val")}}
 
 

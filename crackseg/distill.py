@@ -48,6 +48,8 @@ STRATEGIES: dict[str, tuple[float, float, float]] = {
 LABEL_FORMAT = "crackseg-soft-labels/1"
 MANIFEST = "manifest.json"
 DTYPES = ("float32", "float16")  # storage of the crack probabilities; both read back as float32
+MAX_LABEL_PIXELS = 64 * 2**20  # H x W of one soft label at most (a 64 MP image: 1 GiB as float32 (H, W, 4));
+                               # checked from the .npz member's header before anything is loaded
 TTA_MODES = ("none", "d4")  # d4: the 8 flips / 90-degree rotations of the image (the dihedral group)
 
 
@@ -105,9 +107,39 @@ def write_soft_label(path: str | Path, crack: np.ndarray, dtype: str = "float32"
             np.savez_compressed(f, crack=crack.astype(dtype))
 
 
-def read_soft_label(path: str | Path) -> np.ndarray:
+def soft_label_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of the ``crack`` array of a soft-label .npz, read from the array's own .npy header inside
+    the zip: nothing is decompressed or allocated, so a small file declaring a huge array costs nothing."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive, archive.open("crack.npy") as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise ValueError(f".npy format version {version} is not one numpy writes for these arrays")
+    return tuple(int(n) for n in shape), np.dtype(dtype)
+
+
+def read_soft_label(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """(H, W, 4) float32 crack probabilities of heads h, x, y, mix (stored as float32 or float16; float32 in memory
-    because the training crops resize them with OpenCV, which has no float16 resize)."""
+    because the training crops resize them with OpenCV, which has no float16 resize). The shape and dtype are
+    checked from the array header first: a label of another layout or above ``max_pixels`` (H x W; default
+    ``MAX_LABEL_PIXELS``) is refused before it is loaded."""
+    max_pixels = MAX_LABEL_PIXELS if max_pixels is None else int(max_pixels)
+    try:
+        shape, dtype = soft_label_header(path)
+    except FileNotFoundError:
+        raise LabelError(f"{path}: soft label missing (run Train_2_Step.py for this split)") from None
+    except Exception as exc:  # not a zip, no crack.npy, a broken header: all the same here
+        raise LabelError(f"{path}: unreadable soft label ({exc})") from None
+    if len(shape) != 3 or shape[-1] != len(HEADS) or dtype.name not in DTYPES:
+        raise LabelError(f"{path}: soft label declares shape {shape} {dtype}; expected (H, W, 4) float32 or float16")
+    if shape[0] * shape[1] > max_pixels:
+        raise LabelError(f"{path}: soft label declares {shape[1]}x{shape[0]} pixels, more than {max_pixels:,} "
+                         f"(crackseg.distill.MAX_LABEL_PIXELS); not loaded")
     try:
         with np.load(path) as data:
             crack = data["crack"]
@@ -138,8 +170,19 @@ def read_manifest(split_dir: str | Path) -> dict | None:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise LabelError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise LabelError(f"{path}: a soft-label manifest is a JSON object, not a {type(manifest).__name__}")
     if manifest.get("format") != LABEL_FORMAT:
         raise LabelError(f"{path}: not a soft-label manifest of format {LABEL_FORMAT!r}")
+    # the fields every reader relies on (the label identity, what training records): checked here, once
+    temperature = manifest.get("temperature")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+            math.isfinite(temperature) and temperature > 0):
+        raise LabelError(f"{path}: field 'temperature' must be a number > 0, got {temperature!r}"
+                         + (" (missing)" if "temperature" not in manifest else ""))
+    for key in ("teacher", "teacher_sha256"):
+        if not isinstance(manifest.get(key), str) or not manifest[key]:
+            raise LabelError(f"{path}: field {key!r} must be a non-empty string, got {manifest.get(key)!r}")
     return manifest
 
 

@@ -6,8 +6,9 @@
     mask = prob >= engine.threshold
     for prob in engine.predict_many(images): ...           # throughput mode (OpenVINO: async requests in flight)
 
-``path_or_preset`` is a model file (``.keras`` / ``.onnx`` / OpenVINO ``.xml`` / ``.engine``) or a preset name of ``model.PRESETS``
-(``"student"``): an untrained deployable network, so a device's toolchain can be checked before any training.
+``path_or_preset`` is a model file (``.keras`` / ``.onnx`` / OpenVINO ``.xml`` / ``.engine``) or a preset name of
+``model.PRESETS`` (``"student"``): an untrained deployable network, so a device's toolchain can be checked before any
+training.
 
 Every backend uses ``crackseg.preprocess.prepare`` / ``crop_back``, so all formats see the same pixels. This module
 never imports TensorFlow, ONNX Runtime or TensorRT at import time: each backend imports its runtime when opened.
@@ -17,6 +18,7 @@ Adding a backend (e.g. a fast CPU runtime): subclass ``Engine``, implement ``_in
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -27,7 +29,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .card import CardError, card_path, read_card
+from .card import CardError, card_path, check_model_file, read_card
 from .errors import EngineError
 from .keras_io import is_preset, load_deployable_keras, predict_probabilities  # no Keras import until called
 from .precision import (CPU_PRECISIONS, MAX_INT8_F1_DROP, PRECISIONS, avx2_int8, int8_units, normalize_precision,
@@ -66,6 +68,19 @@ def read_model_card(model_path: str | Path) -> dict:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
             raise EngineError(f"{model_card_path(model_path)}: field 'threshold' must be a number in (0, 1), "
                               f"got {threshold!r}")
+    return card
+
+
+def verify_model_file(model_path: str | Path) -> dict:
+    """The card of ``model_path`` ({} without one) after checking that it vouches for this very file (sha256,
+    cached by size and mtime: ``crackseg.card.check_model_file``); EngineError (one line) when it does not, e.g. a
+    ``student.onnx`` left from an earlier model beside a newer card. ``open_engine`` checks every model it opens."""
+    card = read_model_card(model_path)
+    if card:
+        try:
+            check_model_file(model_path, card)
+        except CardError as exc:
+            raise EngineError(str(exc)) from None
     return card
 
 
@@ -304,13 +319,18 @@ def check_same_model(given: str | Path, sibling: Path) -> None:
 
 
 def int8_validation(int8_path: Path) -> dict | None:
-    """The validation record (``{"f1_delta": ..., "images": ...}``) of an int8 model's card entry, or None."""
+    """The validation record (``{"f1_delta": ..., "images": ...}``) of an int8 model's card entry, or None when
+    there is none or its ``f1_delta`` is not a finite number (NaN, a string: unknown, so never proof of accuracy)."""
     card = read_model_card(int8_path) if model_card_path(int8_path).is_file() else {}
     for key in INT8_EXPORTS:
         entry = card.get("exports", {}).get(key)
         if isinstance(entry, dict) and entry.get("file") == int8_path.name:
             record = entry.get("validation")
-            return record if isinstance(record, dict) and isinstance(record.get("f1_delta"), (int, float)) else None
+            if not isinstance(record, dict):
+                return None
+            delta = record.get("f1_delta")
+            known = isinstance(delta, (int, float)) and not isinstance(delta, bool) and math.isfinite(delta)
+            return record if known else None
     return None
 
 
@@ -345,10 +365,14 @@ def auto_precision(path_or_preset: str) -> tuple[str, str]:
         check_same_model(path, int8)
     except EngineError:
         return fallback, f"auto: {fallback} ({int8.name} was made from another model than {path.name}; {because})"
+    try:
+        verify_model_file(int8)
+    except EngineError:
+        return fallback, f"auto: {fallback} ({int8.name} does not match the sha256 its card records; {because})"
     record = int8_validation(int8)
     if record is None:
-        return fallback, (f"auto: {fallback} ({int8.name}'s card records no validation F1 against fp32; re-export "
-                          f"with TensorRT.py --cpu_int8; {because})")
+        return fallback, (f"auto: {fallback} ({int8.name}'s card records no validation F1 against fp32 (missing or "
+                          f"not a number: unknown); re-export with TensorRT.py --cpu_int8; {because})")
     delta = float(record["f1_delta"])
     if delta < -MAX_INT8_F1_DROP:
         return fallback, (f"auto: {fallback} ({int8.name} loses {-100 * delta:.2f} pt validation F1, more than "
@@ -387,7 +411,9 @@ class OpenVinoEngine(Engine):
     max_shapes = 8  # compiled input shapes kept (a camera has one; a 4-dataset validation folder has 6)
 
     def __init__(self, path_or_preset: str, threshold: float | None = None, threads: int = 0,
-                 precision: str = "fp32", cache_dir: str | None = None):
+                 precision: str = "fp32", cache_dir: str | None = None, verify: bool = False):
+        """``verify``: also check the file actually read (``student_fast.onnx``, ``student_int8.xml``) against its
+        own card (``open_engine`` does; TensorRT.py opens fresh exports before their cards record them)."""
         try:
             import openvino as ov
         except ImportError as exc:
@@ -420,6 +446,8 @@ class OpenVinoEngine(Engine):
             else:
                 model_path = path
             check_same_model(path, model_path)
+            if verify and model_path != path:
+                verify_model_file(model_path)
         elif suffix in KERAS_SUFFIXES or preset:
             from .onnx_export import export_onnx
 
@@ -503,7 +531,7 @@ class OpenVinoEngine(Engine):
                     raise EngineError(f"{self.model_file}: output of shape {raw.shape} for an input of "
                                       f"{expected + (3,)}; expected (N, H, W, 1) -- re-export the model (TensorRT.py)")
                 prob = crop_back(raw, size)[0].astype(np.float32, copy=True)
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+            except BaseException as exc:  # re-raised on the caller's thread
                 with lock:
                     failed.append(exc)
                 return
@@ -712,9 +740,9 @@ def default_cpu_backend() -> str:
 
 
 def choose_backend(path_or_preset: str) -> str:
-    """What ``backend="auto"`` means: TensorRT for engines, Keras for ``.keras``, OpenVINO for an IR ``.xml``; an ONNX file or a preset runs on
-    the fastest CPU runtime installed (OpenVINO, then ONNX Runtime; ONNX Runtime when it has CUDA), a preset on
-    Keras when neither is installed."""
+    """What ``backend="auto"`` means: TensorRT for engines, Keras for ``.keras``, OpenVINO for an IR ``.xml``; an ONNX
+    file or a preset runs on the fastest CPU runtime installed (OpenVINO, then ONNX Runtime; ONNX Runtime when it has
+    CUDA), a preset on Keras when neither is installed."""
     suffix = Path(path_or_preset).suffix.lower()
     if suffix in TENSORRT_SUFFIXES:
         return "tensorrt"
@@ -727,18 +755,22 @@ def choose_backend(path_or_preset: str) -> str:
     if is_preset(path_or_preset):
         return default_cpu_backend() if _has_module("onnxruntime") or _has_module("openvino") else "keras"
     raise EngineError(f"{path_or_preset}: unknown model format {suffix!r} (expected "
-                      f"{', '.join(KERAS_SUFFIXES + ONNX_SUFFIXES + OPENVINO_SUFFIXES + TENSORRT_SUFFIXES)} or a preset name)")
+                      f"{', '.join(KERAS_SUFFIXES + ONNX_SUFFIXES + OPENVINO_SUFFIXES + TENSORRT_SUFFIXES)} "
+                      "or a preset name)")
 
 
 def open_engine(path_or_preset: str, backend: str = "auto", threshold: float | None = None,
                 precision: str = "fp32") -> Engine:
     """Open a model file or preset on ``backend`` (``auto``, or one of ``backends()``).
 
-    ``threshold`` overrides the model card's (default 0.5). ``precision`` (``CPU_PRECISIONS``; ``f32`` is read as
-    ``fp32``): "bf16" runs OpenVINO in bf16 where the CPU reports BF16 and in fp32 elsewhere, which ``describe()``
-    shows; "int8" runs the int8 model beside an ``.onnx`` on OpenVINO; "auto" (camera.py's and evaluate.py's
-    default) picks the fastest accurate one for this CPU (``auto_precision``) on OpenVINO and says why in
-    ``engine.choice``, and is fp32 (TensorRT: as built) on the other backends. Other backends only run fp32.
+    The model file must be the one its card (beside it) describes: its sha256 as the card records it (checked
+    once per file version, ``verify_model_file``), else EngineError -- e.g. a ``student.onnx`` left from an earlier
+    model beside a newer card. ``threshold`` overrides the model card's (default 0.5). ``precision``
+    (``CPU_PRECISIONS``; ``f32`` is read as ``fp32``): "bf16" runs OpenVINO in bf16 where the CPU reports BF16 and in
+    fp32 elsewhere, which ``describe()`` shows; "int8" runs the int8 model beside an ``.onnx`` on OpenVINO; "auto"
+    (camera.py's and evaluate.py's default) picks the fastest accurate one for this CPU (``auto_precision``) on OpenVINO
+    and says why in ``engine.choice``, and is fp32 (TensorRT: as built) on the other backends. Other backends only run
+    fp32.
     """
     path_or_preset = str(path_or_preset)
     precision = normalize_precision(precision)
@@ -748,8 +780,10 @@ def open_engine(path_or_preset: str, backend: str = "auto", threshold: float | N
         backend = choose_backend(path_or_preset)
     if backend not in _BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; choose auto or one of {backends()}")
+    if not is_preset(path_or_preset):
+        verify_model_file(path_or_preset)  # every backend: the file must be the one its card describes
     if backend == OpenVinoEngine.backend and _BACKENDS[backend] is OpenVinoEngine:
-        return OpenVinoEngine(path_or_preset, threshold=threshold, precision=precision)
+        return OpenVinoEngine(path_or_preset, threshold=threshold, precision=precision, verify=True)
     if precision not in ("fp32", "auto"):
         raise EngineError(f"precision {precision} needs the openvino backend, not {backend}")
     engine = _BACKENDS[backend](path_or_preset, threshold=threshold)

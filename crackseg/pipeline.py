@@ -40,7 +40,7 @@ class FrameResult:
     """One processed frame, in the order the frames came in."""
 
     index: int            # 0, 1, ... (the frame number in the stream header)
-    name: str             # the source's name for it (image file stem, or the frame number for video / camera)
+    name: str             # the source's name for it (sources.frame_names for a folder, the frame number else)
     mask: np.ndarray      # boolean crack mask at the engine's threshold
     stats: dict           # crackseg.measure.crack_stats (or the ``measure`` given to the pipeline)
     infer_ms: float       # engine.predict + engine.mask on the calling thread
@@ -48,14 +48,22 @@ class FrameResult:
     overlay: np.ndarray   # the annotated RGB frame that was saved / sent (what a window shows)
 
 
-def shrink(frame: np.ndarray, max_side: int) -> np.ndarray:
-    """``frame`` scaled down so its longer side is at most ``max_side`` (0: unchanged)."""
-    longest = max(frame.shape[:2])
+def shrunk_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) scaled so the longer side is at most ``max_side`` (0: unchanged); each side stays >= 1 px
+    (a 4000 x 1 strip at 1024 is 1024 x 1, not 1024 x 0)."""
+    longest = max(width, height)
     if not max_side or longest <= max_side:
-        return frame
+        return width, height
     scale = max_side / longest
-    return cv2.resize(frame, (round(frame.shape[1] * scale), round(frame.shape[0] * scale)),
-                      interpolation=cv2.INTER_AREA)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def shrink(frame: np.ndarray, max_side: int) -> np.ndarray:
+    """``frame`` scaled down so its longer side is at most ``max_side`` (0: unchanged; see ``shrunk_size``)."""
+    size = shrunk_size(frame.shape[1], frame.shape[0], max_side)
+    if size == (frame.shape[1], frame.shape[0]):
+        return frame
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
 
 
 class FramePipeline:

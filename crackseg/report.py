@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -31,7 +31,7 @@ import numpy as np
 from .data import IMAGE_EXTS, MASK_EXTS, DataError, read_image, read_mask
 from .io import atomic_write_text
 from .measure import NO_SEVERITY, TYPES, Measurement, MeasureSettings, measure_cracks
-from .sources import FrameSource, SourceError
+from .sources import FrameSource, SourceError, frame_names, skip_line
 from .viz import encode
 
 GENERATOR = "crackseg.report"
@@ -80,29 +80,51 @@ def list_files(folder: str | Path, exts: tuple[str, ...], what: str) -> list[Pat
     return files
 
 
-def mask_frames(masks: str | Path, images: str | Path | None = None, every: int = 1
+def mask_frames(masks: str | Path, images: str | Path | None = None, every: int = 1, max_pixels: int | None = None,
+                on_skip: Callable[[str], None] | None = None
                 ) -> tuple[int, Iterator[tuple[str, np.ndarray | None, np.ndarray]]]:
-    """(count, iterator of (stem, photo or None, boolean mask)) for a folder of masks made elsewhere (PNG 0/255 or
-    0/1, CrackForest .mat); ``images``: a folder of the photos with the same stems, for the thumbnails."""
-    files = list_files(masks, MASK_EXTS, "masks")[::max(1, every)]
-    photos = {p.stem: p for p in list_files(images, IMAGE_EXTS, "images")} if images else {}
+    """(count, iterator of (name, photo or None, boolean mask)) for a folder of masks made elsewhere (PNG 0/255 or
+    0/1, CrackForest .mat); ``images``: a folder of the photos with the same stems, for the thumbnails. Names are
+    ``sources.frame_names`` of the masks (the stem, or the file name where two masks share it). ``max_pixels``: see
+    ``data.decode_file``. With ``on_skip``, a mask or photo that cannot be used is one line to it and the next
+    one; without, its error is raised."""
+    every = max(1, every)
+    listed = list_files(masks, MASK_EXTS, "masks")
+    files, names = listed[::every], frame_names(listed)[::every]
+    photos: dict[str, list[Path]] = {}
+    for p in list_files(images, IMAGE_EXTS, "images") if images else []:
+        photos.setdefault(p.stem, []).append(p)
+    for path in files:
+        if len(photos.get(path.stem, [])) > 1:  # which one is this mask's photo?
+            raise ReportError(f"{images}: {' and '.join(p.name for p in photos[path.stem])} both match the mask "
+                              f"{path.name}; keep one photo per mask")
 
     def frames():
-        for path in files:
-            mask = read_mask(path)
-            photo = read_image(photos[path.stem]) if path.stem in photos else None
-            if photo is not None and photo.shape[:2] != mask.shape:
-                raise DataError(f"{photos[path.stem]}: {photo.shape[1]}x{photo.shape[0]}, but its mask {path} is "
-                                f"{mask.shape[1]}x{mask.shape[0]}")
-            yield path.stem, photo, mask
+        for path, name in zip(files, names):
+            photo_path = photos[path.stem][0] if path.stem in photos else None
+            try:
+                mask = read_mask(path, max_pixels)
+                photo = read_image(photo_path, max_pixels) if photo_path else None
+                if photo is not None and photo.shape[:2] != mask.shape:
+                    raise DataError(f"{photo_path}: {photo.shape[1]}x{photo.shape[0]}, but its mask {path} is "
+                                    f"{mask.shape[1]}x{mask.shape[0]}")
+            except Exception as exc:  # one file never ends the survey when the caller takes skips
+                if on_skip is None:
+                    raise
+                on_skip(skip_line(path, exc))
+                continue
+            yield name, photo, mask
 
     return len(files), frames()
 
 
-def source_frames(spec: str, every: int = 1) -> tuple[FrameSource, int | None, Iterator[tuple[str, np.ndarray]]]:
+def source_frames(spec: str, every: int = 1, max_pixels: int | None = None,
+                  on_skip: Callable[[str], None] | None = None
+                  ) -> tuple[FrameSource, int | None, Iterator[tuple[str, np.ndarray]]]:
     """(the open source, how many items it will give or None when unknown, its (name, RGB frame) iterator) for a
-    folder of images or a video file, every ``every``-th item."""
-    frames = FrameSource(spec)
+    folder of images or a video file, every ``every``-th item. ``max_pixels`` and ``on_skip``: see
+    ``sources.FrameSource`` (a folder image that cannot be read is one line and the next)."""
+    frames = FrameSource(spec, max_pixels=max_pixels, on_skip=on_skip)
     if frames.kind not in ("folder", "video"):
         frames.close()
         raise SourceError(f"{spec}: reports are made from a folder of images or a video file, not a {frames.kind}")
@@ -120,7 +142,8 @@ def predict_mask(engine, image: np.ndarray, max_side: int = 0) -> np.ndarray:
     (the probability is scaled back up before the threshold, so sizes and ``mm_per_px`` keep to the photo)."""
     h, w = image.shape[:2]
     scale = max_side / max(h, w) if max_side and max(h, w) > max_side else 1.0
-    small = image if scale == 1.0 else cv2.resize(image, (round(w * scale), round(h * scale)),
+    # each side >= 1 px: a 4000 x 1 strip at --max_side=1024 is inferred at 1024 x 1
+    small = image if scale == 1.0 else cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
                                                   interpolation=cv2.INTER_AREA)
     prob = engine.predict(small)
     if prob.shape[:2] != (h, w):
@@ -128,11 +151,19 @@ def predict_mask(engine, image: np.ndarray, max_side: int = 0) -> np.ndarray:
     return engine.mask(prob)
 
 
-def model_masks(engine, frames: Iterable[tuple[str, np.ndarray]], max_side: int = 0
-                ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, photo, mask) for each (name, photo) of a frame source."""
+def model_masks(engine, frames: Iterable[tuple[str, np.ndarray]], max_side: int = 0,
+                on_skip: Callable[[str], None] | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, photo, mask) for each (name, photo) of a frame source. With ``on_skip``, a photo the model fails on
+    is one line to it and the next photo; without, the error is raised."""
     for name, image in frames:
-        yield name, image, predict_mask(engine, image, max_side)
+        try:
+            mask = predict_mask(engine, image, max_side)
+        except Exception as exc:
+            if on_skip is None:
+                raise
+            on_skip(skip_line(name, exc))
+            continue
+        yield name, image, mask
 
 
 # ---------------------------------------------------------------------------------------------- colours
@@ -259,6 +290,7 @@ class SurveyReport:
         self.settings, self.meta, self.thumb_px = settings, dict(meta or {}), thumb_px
         self.colours = severity_colours(settings.severity.names)
         self.records: list[ImageRecord] = []
+        self.skipped: list[str] = []  # one line per input left out (unreadable, over max_pixels, failed)
         self.started = time.time()
 
     @property
@@ -312,7 +344,7 @@ class SurveyReport:
         atomic_write_text(paths["images.csv"], _csv(image_fields, [r.summary for r in self.records]))
         document = {"generator": GENERATOR, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime()),
                     "unit": u, "unit_note": self._unit_note(), "settings": self.settings_dict(),
-                    "totals": self.totals(),
+                    "totals": self.totals(), "skipped": list(self.skipped),
                     "images": [{**r.summary, "cracks": r.rows} for r in self.records]}
         for img, rec in zip(document["images"], self.records):
             img["crack_count"] = rec.summary["cracks"]
@@ -373,6 +405,9 @@ class SurveyReport:
                 f'<img class="thumb" alt="{esc(rec.name)}" src="data:image/jpeg;base64,{thumb}">{crack_table}'
                 f'</div></section>')
         title = esc(str(self.meta.get("title") or "Crack survey"))
+        skipped = (f'\n<details class="skipped"><summary>{_plural(len(self.skipped), "input")} skipped (not in '
+                   f'the figures)</summary><ul>' + "".join(f"<li>{esc(line)}</li>" for line in self.skipped)
+                   + "</ul></details>" if self.skipped else "")
         return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <meta name="generator" content="{GENERATOR}">
@@ -385,7 +420,8 @@ table.settings td, table.settings th {{ text-align: left; }}
 .sev {{ display: inline-block; min-width: 1.4em; text-align: center; color: #fff; border-radius: 3px;
         padding: 0 0.3em; font-weight: bold; }}
 .plots {{ display: flex; flex-wrap: wrap; gap: 1em; }}
-.row {{ display: flex; gap: 1em; align-items: flex-start; overflow-x: auto; }} .row > table {{ flex: none; margin-top: 0; }} table.cracks th {{ white-space: nowrap; }}
+.row {{ display: flex; gap: 1em; align-items: flex-start; overflow-x: auto; }}
+.row > table {{ flex: none; margin-top: 0; }} table.cracks th {{ white-space: nowrap; }}
 .thumb {{ border: 1px solid #999; max-width: {self.thumb_px}px; }}
 section.image {{ border-top: 1px solid #ddd; margin-top: 0.8em; }} .none {{ color: #777; }}
 </style></head><body>
@@ -395,7 +431,7 @@ section.image {{ border-top: 1px solid #ddd; margin-top: 0.8em; }} .none {{ colo
 <p>{_plural(totals['images'], 'image')}, {totals['images_with_cracks']} with cracks;
 {_plural(totals['cracks'], 'crack')},
 {totals[f'length_{u}']:.0f} {u} in all. Severity ({esc(settings.severity.name)}, by mean width): {legend}
-<small>{esc(settings.severity.describe())} {u}</small></p>
+<small>{esc(settings.severity.describe())} {u}</small></p>{skipped}
 <table class="summary"><tr><th>total length ({u}) (count)</th>{head}<th>all</th></tr>{''.join(body)}</table>
 <div class="plots">{width_hist}{length_hist}</div>
 <details><summary>settings</summary><table class="settings">{setting_rows}</table></details>
@@ -412,9 +448,18 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A text cell that a spreadsheet would run as a formula (``=HYPERLINK(...)`` as a photo's name) gets a leading
+    ``'``, which spreadsheets show as text (OWASP's advice for CSV injection); numbers are left as they are."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def _csv(fields: list[str], rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: csv_cell(value) for key, value in row.items()} for row in rows)
     return buf.getvalue()

@@ -8,12 +8,25 @@
    records the very bytes of the file;
 2. ``stage_history``: every stage that led to it, oldest first, read from the run folders (``config.json``,
    ``state.json``) and the cards beside each stage's deployable file, followed through ``initial_weights``;
-3. ``ship``: copies the model and writes its card (every field from code) into a staging folder inside
+3. ``ship``: copies the model and writes its card (every field from code) into a staging folder beside
    ``weights/``, runs ``TensorRT.py`` there (ONNX, fast, int8, each parity-checked against Keras), and only when all
-   of that passed renames the files over the shipped ones. A failed check leaves ``weights/`` as it was.
+   of that passed hands the whole set over at once. A failed check leaves ``weights/`` as it was.
+
+The hand-over (``hand_over``): the staging folder's ``next/`` becomes the new ``weights/`` -- every file already
+there hard-linked (copied where links are not possible), the new files moved in -- and is swapped with ``weights/``
+by one atomic exchange of the two folder names (Linux ``renameat2(RENAME_EXCHANGE)``). ``weights/`` stays a plain
+folder of plain files, so every reader (the engines, camera.py, the tests) sees the old set or the new one, never a
+mix, and a kill at any point leaves one of them. Where no exchange is possible (not Linux, a file system without
+it, ``weights/`` a mount point or its parent read-only) the files are renamed one by one after a commit record is
+written to the staging folder: a kill then leaves a set that the next run completes before anything else (and every
+engine refuses a model file its card does not vouch for in between). Leftover staging folders of runs that died are
+swept at the start of the next run (``sweep``); a live run's is locked (POSIX ``flock``) and left alone. Files
+written into ``weights/`` by another program while a ship runs are not carried over.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
@@ -22,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO, Iterable
 
 from .card import CardError, card_path, read_card, write_card
 from .io import sha256
@@ -273,18 +287,152 @@ def export_command(staged_keras: Path, data: str, lists: str, parity_images: int
             "--cpu_int8" if cpu_int8 else "--no-cpu_int8"]
 
 
+# ---------------------------------------------------------------------------------------------- hand-over
+COMMIT = "COMMIT.json"  # in a staging folder: the one-by-one hand-over was decided; the next run completes it
+LOCK = ".lock"          # in a staging folder: held (flock) by the live run that owns it
+NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EBUSY, errno.EPERM}
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100  # linux/fs.h, fcntl.h
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap the names of two folders in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``); OSError
+    (``ENOSYS`` where there is no such call) otherwise."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError, TypeError):  # no such call in this C library, or no C library by that name
+        raise OSError(errno.ENOSYS, "renameat2 is not available here", str(a)) from None
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def _staging_names(weights_dir: Path) -> tuple[str, str]:
+    """Glob patterns of staging folders: beside ``weights_dir`` and inside it (older runs staged there too)."""
+    return f".{weights_dir.name}.ship-*", ".ship*"
+
+
+def _lock(stage: Path) -> IO | None:
+    """Hold the staging folder's lock for as long as this run lives (None where there is no flock: Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(stage / LOCK, "w")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def _abandoned(stage: Path) -> bool:
+    """Whether no live run holds ``stage``'s lock."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        handle = open(stage / LOCK, "r")
+    except OSError:
+        return True  # killed before it took its lock
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+
+def _roll_forward(stage: Path, weights_dir: Path) -> list[Path]:
+    """Finish a one-by-one hand-over whose commit record is in ``stage``: move what is left, remove what it
+    supersedes. Idempotent, so a kill during it is finished by the next run."""
+    record = json.loads((stage / COMMIT).read_text())
+    source = stage / record["from"]
+    moved = []
+    for name in record["files"]:  # the cards last: they describe the files
+        if (source / name).exists():
+            os.replace(source / name, weights_dir / name)
+        moved.append(weights_dir / name)
+    for name in record["remove"]:
+        (weights_dir / name).unlink(missing_ok=True)
+    return moved
+
+
+def sweep(weights_dir: str | Path) -> list[Path]:
+    """Remove the staging folders that runs which died left beside (or in) ``weights_dir``, first completing a
+    hand-over one had committed to; a live run's folder is left alone. Returns the folders removed."""
+    weights_dir = Path(weights_dir).resolve()
+    beside, inside = _staging_names(weights_dir)
+    found = [p for p in weights_dir.parent.glob(beside) if p.is_dir()]
+    found += [p for p in weights_dir.glob(inside) if p.is_dir()] if weights_dir.is_dir() else []
+    swept = []
+    for stage in found:
+        if not _abandoned(stage):
+            continue
+        if (stage / COMMIT).is_file():
+            try:
+                _roll_forward(stage, weights_dir)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ShipError(f"{stage}: cannot complete the hand-over an earlier run committed to ({exc}); "
+                                f"move its files into {weights_dir} by hand, then delete it") from None
+            print(f"{stage}: completed the hand-over an earlier run was killed in")
+        shutil.rmtree(stage, ignore_errors=True)
+        swept.append(stage)
+    return swept
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:  # no hard links here (FAT, some network shares)
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def hand_over(stage: Path, source: Path, weights_dir: Path, files: list[str], remove: Iterable[str] = ()) -> list[Path]:
+    """Make ``files`` (in ``source``, inside the staging folder ``stage``) the ones in ``weights_dir``, all at once,
+    and drop ``remove`` (names in ``weights_dir`` the new set supersedes). Returns the new paths."""
+    remove = [n for n in remove if n not in files]
+    if stage.parent == weights_dir.parent:  # beside it: build the whole new folder, then swap the two names
+        new = stage / "next"
+        skip = set(files) | set(remove)
+        _, inside = _staging_names(weights_dir)
+        shutil.copytree(weights_dir, new, symlinks=True, copy_function=_link_or_copy,
+                        ignore=lambda folder, names: [n for n in names if Path(folder) == weights_dir and (
+                            n in skip or Path(n).match(inside))])
+        for name in files:
+            os.replace(source / name, new / name)
+        try:
+            exchange(new, weights_dir)
+            return [weights_dir / name for name in files]
+        except OSError as exc:
+            if exc.errno not in NO_EXCHANGE:
+                raise
+            print(f"{weights_dir}: no atomic folder exchange here ({exc.strerror}); renaming file by file")
+            source = new
+    record = {"from": source.relative_to(stage).as_posix(), "remove": list(remove),
+              "files": sorted(files, key=lambda n: (n.endswith(".json"), n))}  # the cards last
+    tmp = stage / f"{COMMIT}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, stage / COMMIT)  # from here on the new set is decided: a later run completes it
+    return _roll_forward(stage, weights_dir)
+
+
 def ship(model: str | Path, weights_dir: str | Path = "weights", name: str = "student", *, data: str,
          lists: str, parity_images: int = 8, fast: bool = True, cpu_int8: bool = True, force: bool = False,
          python: str = sys.executable, ablation: dict | None = None) -> dict:
     """Ship ``model`` (checked by ``deployed_model``) into ``weights_dir`` as ``name.keras`` + card + exports.
 
-    Everything is written into a staging folder inside ``weights_dir`` first; the exports run there
-    (``TensorRT.py``, its output streamed); only when every check passed are the files renamed into place (each
-    rename atomic). ``ablation``: ``ablation_choice``'s facts, recorded in the card. Returns
+    Everything is written into a staging folder beside ``weights_dir`` first (inside it where the parent cannot be
+    written or ``weights_dir`` is a mount point); the exports run there (``TensorRT.py``, its output streamed);
+    only when every check passed is the whole set handed over at once (``hand_over``). Leftovers of a run that was
+    killed are swept first (``sweep``). ``ablation``: ``ablation_choice``'s facts, recorded in the card. Returns
     ``{"shipped": [paths], "skipped": bool}``."""
     model = deployed_model(model=model)
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
+    weights_dir = weights_dir.resolve()  # a symlinked weights/ is handed over where it points
+    sweep(weights_dir)
     exports = expected_exports(fast, cpu_int8)
     if not force and already_shipped(model, weights_dir, name, exports):
         print(f"{weights_dir / (name + '.keras')}: already these bytes with {', '.join(exports)}; nothing to do "
@@ -292,9 +440,16 @@ def ship(model: str | Path, weights_dir: str | Path = "weights", name: str = "st
         return {"shipped": [], "skipped": True}
     info = card_info(model, ablation)
     print(f"shipping {model} ({len(info['stages'])} stages) -> {weights_dir}/{name}.keras")
-    stage = Path(tempfile.mkdtemp(prefix=f".ship.{name}.", dir=weights_dir))
+    beside = not os.path.ismount(weights_dir) and os.access(weights_dir.parent, os.W_OK | os.X_OK)
+    if beside:
+        stage = Path(tempfile.mkdtemp(prefix=_staging_names(weights_dir)[0][:-1], dir=weights_dir.parent))
+    else:
+        stage = Path(tempfile.mkdtemp(prefix=".ship-", dir=weights_dir))
+    lock, committed = _lock(stage), False
     try:
-        staged = stage / f"{name}.keras"
+        export = stage / "export"
+        export.mkdir()
+        staged = export / f"{name}.keras"
         shutil.copyfile(model, staged)
         if sha256(staged) != info["shipped"]["sha256"]:
             raise ShipError(f"{staged}: the copy differs from {model}")
@@ -305,22 +460,26 @@ def ship(model: str | Path, weights_dir: str | Path = "weights", name: str = "st
         if result.returncode != 0:
             raise ShipError(f"the exports of {model} failed their checks (TensorRT.py exit {result.returncode}, "
                             f"see above); nothing in {weights_dir} was changed")
-        missing = [fmt for fmt in exports if fmt not in _exports_of(stage, name)]
+        missing = [fmt for fmt in exports if fmt not in _exports_of(export, name)]
         if missing:
             raise ShipError(f"TensorRT.py wrote no {', '.join(missing)} export; nothing in {weights_dir} was changed")
-        files = sorted(p for p in stage.iterdir() if p.is_file() and not p.name.startswith("."))
-        cards = [p for p in files if p.suffix == ".json"]
-        shipped = []
-        for path in [p for p in files if p not in cards] + cards:  # the cards last: they describe the files
-            os.replace(path, weights_dir / path.name)
-            shipped.append(weights_dir / path.name)
+        files = sorted(p.name for p in export.iterdir() if p.is_file() and not p.name.startswith("."))
+        # the older QDQ int8 model: the IR supersedes it (as TensorRT.py does)
+        superseded = [f"{name}_int8.onnx"] if "openvino_int8" in exports else []
+        stale = [n for n in superseded if (weights_dir / n).is_file()]
+        shipped = hand_over(stage, export, weights_dir, files, stale)
+    except BaseException:
+        committed = (stage / COMMIT).is_file()  # decided but not finished: keep it for the next run to complete
+        if committed:
+            print(f"{stage}: the hand-over stopped half-way; the next scripts/ship.py run completes it")
+        raise
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    if "openvino_int8" in exports:
-        stale = weights_dir / f"{name}_int8.onnx"  # the older QDQ int8 model: the IR supersedes it (as TensorRT.py)
-        if stale.is_file():
-            stale.unlink()
-            print(f"removed {stale} (superseded by {name}_int8.xml)")
+        if not committed:
+            shutil.rmtree(stage, ignore_errors=True)
+        if lock is not None:
+            lock.close()
+    for removed in stale:
+        print(f"removed {weights_dir / removed} (superseded by {name}_int8.xml)")
     for path in shipped:
         print(f"shipped: {path}")
     return {"shipped": [str(p) for p in shipped], "skipped": False}

@@ -499,11 +499,12 @@ class Receiver:
     at a time, so frames of one device stay in order and a slow frame holds up only its own device. Frames up to
     ``LIGHT_PIXELS`` (Full HD) decode on ``decode_threads`` threads of their own; larger ones on one thread of
     their own, so at most one large image is in memory at once and a stream of the largest JPEGs (or a device
-    sending nothing else) never delays the ordinary frames of other devices. At most ``decode_queue`` frames per device wait, and what waits, is being
-    decoded or is decoded but not yet returned stays within a budget (``4 * max_bytes`` of JPEG, plus three
-    ``max_pixels`` images when ``keep_images``); beyond that frames are rejected as ``busy``. With
-    ``keep_images=False`` (no window to show them) every JPEG is still fully decoded, then its pixels dropped. Only the first ``max_devices`` device names are admitted, later
-    ones are rejected as ``devices``. Malformed messages are counted in ``rejected[reason]`` and skipped.
+    sending nothing else) never delays the ordinary frames of other devices. At most ``decode_queue`` frames per device
+    wait, and what waits, is being decoded or is decoded but not yet returned stays within a budget (``4 * max_bytes``
+    of JPEG, plus three ``max_pixels`` images when ``keep_images``); beyond that frames are rejected as ``busy``. With
+    ``keep_images=False`` (no window to show them) every JPEG is still fully decoded, then its pixels dropped. Only the
+    first ``max_devices`` device names are admitted, later ones are rejected as ``devices``. Malformed messages are
+    counted in ``rejected[reason]`` and skipped.
     ``zmq.MAXMSGSIZE`` makes ZeroMQ drop a peer that sends a frame above the limit before it is buffered.
     With ``curve_dir`` only clients whose public key is in ``curve_dir/authorized_clients`` get through.
     """
@@ -655,7 +656,7 @@ class Receiver:
             del image
         except MessageError as exc:
             result = exc
-        except Exception as exc:  # noqa: BLE001 - anything OpenCV throws is a bad JPEG, never a dead thread
+        except Exception as exc:  # anything OpenCV throws is a bad JPEG, never a dead thread
             result = MessageError("jpeg", f"{type(exc).__name__}: {exc}"[:200])
         self._done.append((device, self._cost(header, jpeg), result))
         try:

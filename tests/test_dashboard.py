@@ -7,6 +7,7 @@ import http.client
 import json
 import shutil
 import socket
+import statistics
 import time
 import urllib.error
 import urllib.request
@@ -16,8 +17,11 @@ import pytest
 from conftest import free_port
 from crackseg.dashboard import Dashboard, DashboardState, parse_address, DashboardError
 from crackseg.stream import encode_jpeg, make_header, make_keys
-from test_deploy import camera, media, pc, procs  # noqa: F401 (media, procs: fixtures)
+import test_deploy
+from test_deploy import camera, pc
 from test_stream import frame_image
+
+media, procs = test_deploy.media, test_deploy.procs  # test_deploy.py's fixtures, used here too
 
 
 def get(url: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
@@ -48,11 +52,12 @@ def page():
     dashboard.close()
 
 
-def feed(state: DashboardState, device: str, frames: int, start: int = 0) -> bytes:
+def feed(state: DashboardState, device: str, frames: int, start: int = 0, received: float | None = None) -> bytes:
     jpeg = encode_jpeg(frame_image(48, 64, start))
     for i in range(start, start + frames):
         state.update(make_header(device, i, 64, 48, {"crack_ratio": 0.01 * i, "length_px": 2.0 * i,
-                                                     "max_width_px": 3.0, "components": 1}, "tiny", run="r1"), jpeg)
+                                                     "max_width_px": 3.0, "components": 1}, "tiny", run="r1"), jpeg,
+                     received)
     return jpeg
 
 
@@ -82,12 +87,15 @@ def test_api_devices_frame_and_events(page):
 
 
 def test_devices_go_offline_when_frames_stop():
-    state = DashboardState(online_seconds=0.3)
+    # 5 s online: far beyond any stall between feeding and asking; cam0's frames stopped 6 s ago (received then),
+    # so nothing sleeps and "now" must be read when asked
+    state = DashboardState(online_seconds=5.0)
     feed(state, "cam1", 1)
     assert state.api_devices()["devices"][0]["online"] is True
-    time.sleep(0.4)
-    device = state.api_devices()["devices"][0]
-    assert device["online"] is False and time.time() - device["last_seen"] >= 0.3
+    feed(state, "cam0", 1, received=time.time() - 6.0)
+    device, fresh = state.api_devices()["devices"]
+    assert device["device"] == "cam0" and fresh["online"] is True
+    assert device["online"] is False and time.time() - device["last_seen"] >= 5.0
     assert state.changes({})["devices"][0]["online"] is False
 
 
@@ -138,6 +146,21 @@ def test_bad_addresses_are_one_line():
 def test_the_receive_side_never_waits_on_a_stalled_page(page):
     state, dashboard, base = page
     big = bytes(300_000)
+
+    def updates(seconds: float) -> list[float]:
+        """Seconds of each ``state.update`` made in ``seconds`` (50 devices, pausing so the pages get pushes)."""
+        took, deadline, i = [], time.monotonic() + seconds, 0
+        while time.monotonic() < deadline:
+            header = make_header(f"cam{i % 50}", i, 64, 48, {f"k{j}": j for j in range(64)}, "m" * 200)
+            start = time.perf_counter()
+            state.update(header, big)
+            took.append(time.perf_counter() - start)
+            i += 1
+            if i % 50 == 0:
+                time.sleep(0.01)
+        return took
+
+    alone = updates(1)  # the same updates with no stalled page: what this machine needs, under its load now
     stalled = []
     for _ in range(4):  # pages that connect and never read: their socket buffers fill up
         s = socket.socket()
@@ -146,18 +169,13 @@ def test_the_receive_side_never_waits_on_a_stalled_page(page):
         s.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         stalled.append(s)
     try:
-        slowest, deadline = 0.0, time.monotonic() + 4
-        i = 0
-        while time.monotonic() < deadline:
-            header = make_header(f"cam{i % 50}", i, 64, 48, {f"k{j}": j for j in range(64)}, "m" * 200)
-            start = time.perf_counter()
-            state.update(header, big)
-            slowest = max(slowest, time.perf_counter() - start)
-            i += 1
-            if i % 50 == 0:
-                time.sleep(0.01)
-        # A loop waiting on those pages would stall for the whole 4 s; the bound leaves room for a busy CPU.
-        assert slowest < 2.0 and i > 500, f"{i} updates, the slowest took {slowest * 1000:.1f} ms"
+        took = updates(4)
+        slowest, typical, usual = max(took), statistics.median(took), statistics.median(alone)
+        # A loop waiting on those pages would stall for the whole 4 s (the bound leaves room for a busy CPU); the
+        # median update is compared with the one measured alone (idle: 1.2x), not counted against the clock, so a
+        # loaded machine slows both alike.
+        assert slowest < 2.0 and typical < 5 * usual, (f"{len(took)} updates, the slowest took {slowest * 1000:.1f} "
+                                                       f"ms, median {typical * 1e6:.1f} us vs {usual * 1e6:.1f} us")
         status, body, _ = get(f"{base}/api/devices")  # and a healthy client is still served
         assert status == 200 and len(json.loads(body)["devices"]) == 50
     finally:

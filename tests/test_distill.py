@@ -500,3 +500,72 @@ def test_resoftened_labels_match_labels_made_at_that_temperature_and_shift_the_b
     assert decision_logit(0.5) == 0.0
     with pytest.raises(ValueError, match="threshold"):
         decision_logit(1.0)
+
+
+def _npz_declaring(path: Path, shape: tuple[int, ...], dtype: str = "float16", data: bytes = b"\0" * 64) -> Path:
+    """A soft-label .npz whose ``crack.npy`` header declares ``shape`` but holds only ``data`` (a small file that
+    would ask numpy for the whole array)."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                                  "shape": shape})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("crack.npy", header.getvalue() + data)
+    return path
+
+
+def test_a_soft_label_declaring_a_huge_shape_is_refused_before_it_is_loaded(tmp_path, monkeypatch):
+    path = _npz_declaring(tmp_path / "bomb.png.npz", (12000, 12000, 4))  # 1.1 GB as float16, a few bytes on disk
+    assert path.stat().st_size < 4096
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("np.load called on a label whose header is over the limit")
+
+    monkeypatch.setattr(np, "load", no_load)
+    with pytest.raises(LabelError, match=r"bomb\.png\.npz: soft label declares 12000x12000 pixels") as caught:
+        read_soft_label(path)
+    assert "\n" not in str(caught.value)
+    for shape, dtype in (((64, 64, 3), "float32"), ((64, 64, 4), "int64"), ((4, 4), "float32")):
+        with pytest.raises(LabelError, match="soft label declares shape"):
+            read_soft_label(_npz_declaring(tmp_path / "odd.npz", shape, dtype))
+    with pytest.raises(LabelError, match="unreadable soft label"):
+        with open(tmp_path / "nokey.npz", "wb") as f:
+            np.savez(f, other=np.zeros((2, 2, 4), np.float32))
+        read_soft_label(tmp_path / "nokey.npz")
+
+
+def test_a_soft_label_within_the_limit_still_reads(tmp_path, monkeypatch):
+    crack = np.full((4, 4, 4), 0.25, np.float32)
+    write_soft_label(tmp_path / "a.npz", crack, "float16")
+    monkeypatch.setattr(distill, "MAX_LABEL_PIXELS", 16)  # exactly at the limit: read
+    np.testing.assert_array_equal(read_soft_label(tmp_path / "a.npz"), crack)
+    monkeypatch.setattr(distill, "MAX_LABEL_PIXELS", 15)
+    with pytest.raises(LabelError, match="declares 4x4 pixels, more than 15"):
+        read_soft_label(tmp_path / "a.npz")
+
+
+@pytest.mark.parametrize("manifest, words", [
+    ([1, 2, 3], "a soft-label manifest is a JSON object, not a list"),
+    ("labels", "a soft-label manifest is a JSON object, not a str"),
+    ({"format": distill.LABEL_FORMAT, "teacher": "t.keras", "teacher_sha256": "sha"},
+     "field 'temperature' must be a number > 0, got None (missing)"),
+    ({"format": distill.LABEL_FORMAT, "teacher": "t.keras", "teacher_sha256": "sha", "temperature": "10"},
+     "field 'temperature' must be a number > 0, got '10'"),
+    ({"format": distill.LABEL_FORMAT, "teacher": "t.keras", "teacher_sha256": "sha", "temperature": float("nan")},
+     "field 'temperature' must be a number > 0"),
+    ({"format": distill.LABEL_FORMAT, "teacher": "t.keras", "temperature": 10.0},
+     "field 'teacher_sha256' must be a non-empty string"),
+])
+def test_a_malformed_manifest_is_one_line(tmp_path, manifest, words):
+    """Train_3 turns a LabelError into one ``error:`` line (it catches LabelError and TrainingError)."""
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "manifest.json").write_text(json.dumps(manifest))
+    samples = [FakeSample("0.png", Path("0.png"))]
+    for call in (lambda: read_manifest(tmp_path / "train"),
+                 lambda: load_split_labels(tmp_path, "train", samples, 10.0)):
+        with pytest.raises(LabelError) as caught:
+            call()
+        assert words in str(caught.value) and "manifest.json" in str(caught.value)
+        assert "\n" not in str(caught.value)

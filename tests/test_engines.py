@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_THRESHOLD
+from conftest import CPU_KINDS, REPO, TINY_THRESHOLD, fake_cpu
 from crackseg.engines import (DEFAULT_THRESHOLD, EngineError, Engine, OpenVinoEngine, backends, choose_backend,
                               fast_onnx_for, int8_onnx_for, open_engine, register_backend)
 from crackseg.tensorrt import tensorrt_status
@@ -114,7 +114,8 @@ def test_bad_inputs_give_one_line_errors(tiny_model, tmp_path, onnx_engine):
 def test_choose_backend():
     assert choose_backend("weights/student.engine") == "tensorrt"
     assert choose_backend("x.keras") == "keras"
-    # CPU-only machine with OpenVINO installed: the measured-fastest CPU runtime (README.md (Inference speed)) is the default.
+    # CPU-only machine with OpenVINO installed: the measured-fastest CPU runtime (README.md (Inference speed)) is the
+    # default.
     assert choose_backend("x.onnx") == "openvino"
     assert choose_backend("student") == "openvino"
 
@@ -187,20 +188,19 @@ def test_an_output_that_is_not_nhw1_is_refused_naming_the_file(tmp_path, backend
     assert "\n" not in str(caught.value)
 
 
-def test_bf16_runs_on_openvino_where_the_cpu_has_it_and_is_refused_elsewhere(tiny_model):
-    import openvino as ov
-
+def test_bf16_runs_on_openvino_where_the_cpu_has_it_and_is_refused_elsewhere(tiny_model, cpu_kind):
     image = images([(40, 56)])[0]
     reference = open_engine(str(tiny_model["onnx"]), backend="openvino")
     engine = open_engine(str(tiny_model["onnx"]), precision="bf16")  # auto: OpenVINO on a CPU machine
-    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    has_bf16 = "BF16" in CPU_KINDS[cpu_kind][1]
     assert engine.backend == "openvino" and engine.precision == ("bf16" if has_bf16 else "fp32")
     assert engine.describe().endswith(f", {engine.precision})") and reference.precision == "fp32"
     # bf16 keeps 8 mantissa bits: probabilities within a few hundredths of fp32
     np.testing.assert_allclose(engine.predict(image), reference.predict(image), atol=0.05)
     with pytest.raises(EngineError, match="precision bf16 needs the openvino backend, not onnx"):
         open_engine(str(tiny_model["onnx"]), backend="onnx", precision="bf16")
-    with pytest.raises(EngineError, match=r"unknown precision 'fp16'; choose one of \('auto', 'fp32', 'bf16', 'int8'\)"):
+    choices = r"\('auto', 'fp32', 'bf16', 'int8'\)"
+    with pytest.raises(EngineError, match=rf"unknown precision 'fp16'; choose one of {choices}"):
         open_engine(str(tiny_model["onnx"]), precision="fp16")
     with pytest.raises(EngineError, match="unknown OpenVINO precision 'fp16'"):  # the class itself checks it too
         OpenVinoEngine(str(tiny_model["onnx"]), precision="fp16")
@@ -214,7 +214,7 @@ def test_sibling_exports_are_named_from_any_of_them():
     assert int8_onnx_for("w/student_int8.onnx").as_posix() == "w/student_int8.onnx"
 
 
-def test_int8_runs_the_quantised_model_beside_the_onnx_and_refuses_a_stale_one(tiny_model, tmp_path):
+def test_int8_runs_the_quantised_model_beside_the_onnx_and_refuses_a_stale_one(tiny_model, tmp_path, cpu_kind):
     import onnx
     import onnx.numpy_helper
 
@@ -242,9 +242,7 @@ def test_int8_runs_the_quantised_model_beside_the_onnx_and_refuses_a_stale_one(t
     reference = open_engine(str(given), backend="openvino")
     engine = open_engine(str(given), precision="int8")  # auto: OpenVINO on a CPU machine
     assert engine.backend == "openvino" and engine.precision == "int8" and engine.model_file == str(out)
-    import openvino as ov
-
-    mixed = "+bf16" if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else ""
+    mixed = "+bf16" if "BF16" in CPU_KINDS[cpu_kind][1] else ""
     assert engine.threshold == TINY_THRESHOLD and engine.describe().endswith(f"(tiny_int8.onnx, int8{mixed})")
     assert engine.config["INFERENCE_PRECISION_HINT"] == ("bf16" if mixed else "f32")  # the unquantised ops
     prob = engine.predict(image)
@@ -256,7 +254,9 @@ def test_int8_runs_the_quantised_model_beside_the_onnx_and_refuses_a_stale_one(t
         open_engine(str(tiny_model["keras"]), backend="openvino", precision="int8")
 
     # A retrained model beside the old int8 file: the cards name different trained files, so it is refused.
-    (tmp_path / "tiny.json").write_text(json.dumps({"model": "tiny.keras", "sha256": "a" * 64, "threshold": 0.4}))
+    (tmp_path / "tiny.json").write_text(json.dumps({"model": "tiny.keras", "sha256": "a" * 64, "threshold": 0.4,
+                                                    "exports": {"onnx": {"file": "tiny.onnx",
+                                                                         "sha256": sha256(given)}}}))
     (tmp_path / "tiny_int8.json").write_text(json.dumps({"model": "tiny.keras", "sha256": "b" * 64, "threshold": 0.4,
                                                          "exports": {"onnx_int8": {"sha256": sha256(out)}}}))
     with pytest.raises(EngineError, match=r"tiny_int8\.onnx: made from another model than tiny\.onnx"):
@@ -538,7 +538,8 @@ def _int8_beside(tmp_path, tiny_model, f1_delta, ir=False):
         int8 = tmp_path / "tiny_int8.onnx"
         shutil.copyfile(tiny_model["onnx"], int8)
     card = {**json.loads((tmp_path / "tiny.json").read_text()), "sha256": "a" * 64}  # the trained file's
-    (tmp_path / "tiny.json").write_text(json.dumps(card))
+    onnx_entry = {"onnx": {"file": "tiny.onnx", "sha256": sha256(tmp_path / "tiny.onnx")}}  # as TensorRT.py records
+    (tmp_path / "tiny.json").write_text(json.dumps({**card, "exports": onnx_entry}))
     entry = {"file": int8.name, "sha256": sha256(int8)}
     if f1_delta is not None:
         entry["validation"] = {"images": 42, "f1_delta": f1_delta}
@@ -563,9 +564,7 @@ def test_auto_precision_follows_the_cpu_and_the_int8_card(tiny_model, tmp_path, 
     """``beside``: the int8 model next to tiny.onnx, a QDQ ``tiny_int8.onnx`` or a full-int8 IR ``tiny_int8.xml``."""
     from crackseg import engines
 
-    monkeypatch.setattr(engines, "int8_units", lambda: units)
-    monkeypatch.setattr(engines, "avx2_int8", lambda: avx2)
-    monkeypatch.setattr(engines, "openvino_capabilities", lambda: caps)
+    fake_cpu(monkeypatch, frozenset(units) | ({"avx2", "fma"} if avx2 else set()), caps)
     given = _int8_beside(tmp_path, tiny_model, f1_delta, ir=beside == "xml")
     precision, reason = engines.auto_precision(str(given))
     assert precision == chosen and reason.startswith(f"auto: {chosen} (") and because in reason, reason
@@ -588,7 +587,7 @@ def test_avx2_int8_means_avx2_without_dot_product_units():
 def test_auto_refuses_an_int8_model_of_another_model_and_names_the_missing_one(tiny_model, tmp_path, monkeypatch):
     from crackseg import engines
 
-    monkeypatch.setattr(engines, "int8_units", lambda: ["amx_int8"])
+    fake_cpu(monkeypatch, *CPU_KINDS["amx"])
     given = _int8_beside(tmp_path, tiny_model, 0.0)
     card = json.loads((tmp_path / "tiny_int8.json").read_text())
     (tmp_path / "tiny_int8.json").write_text(json.dumps({**card, "sha256": "b" * 64}))
@@ -640,3 +639,86 @@ def test_compiled_models_are_cached_where_asked(tiny_model, tmp_path, monkeypatc
     assert default_cache_dir() == str(tmp_path / "env" / "openvino")
     monkeypatch.setenv("CRACKSEG_CACHE", "")
     assert default_cache_dir() == ""
+
+
+# ---------------------------------------------------------------------------------------------- file vs card
+def _stale_onnx_beside_a_newer_card(tiny_model, tmp_path) -> Path:
+    """tiny.onnx exported from an earlier model, beside the card Train_3 wrote for a newer tiny.keras (its own
+    sha256, no export entries yet: TensorRT.py not run, or killed before writing)."""
+    from crackseg.card import write_card
+
+    shutil.copyfile(tiny_model["keras"], tmp_path / "tiny.keras")
+    with open(tmp_path / "tiny.keras", "ab") as f:
+        f.write(b"retrained")  # other bytes: another model as far as the card goes
+    write_card(tmp_path / "tiny.keras", {"threshold": 0.4})
+    shutil.copyfile(tiny_model["onnx"], tmp_path / "tiny.onnx")
+    return tmp_path / "tiny.onnx"
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino", "auto"])
+def test_a_stale_onnx_beside_a_newer_card_is_refused_in_one_line(tiny_model, tmp_path, backend):
+    given = _stale_onnx_beside_a_newer_card(tiny_model, tmp_path)
+    with pytest.raises(EngineError, match=r"tiny\.json: describes tiny\.keras but records no sha256 for tiny\.onnx")\
+            as caught:
+        open_engine(str(given), backend=backend)
+    assert "\n" not in str(caught.value) and "TensorRT.py" in str(caught.value)
+
+
+def test_an_export_that_differs_from_its_card_entry_is_refused(tiny_model, tmp_path):
+    from crackseg.card import write_export_card
+
+    for name in ("tiny.onnx", "tiny.keras", "tiny.json"):
+        shutil.copyfile(tiny_model["folder"] / name, tmp_path / name)
+    write_export_card(tmp_path / "tiny.keras", tmp_path / "tiny.onnx", "onnx", {})
+    assert open_engine(str(tmp_path / "tiny.onnx"), backend="onnx").threshold == TINY_THRESHOLD  # as recorded: runs
+    with open(tmp_path / "tiny.onnx", "ab") as f:
+        f.write(b"\0")  # changed after its card entry (a re-export killed half-way, an edit)
+    for backend in ("onnx", "openvino"):
+        with pytest.raises(EngineError, match=r"tiny\.json: sha256 does not match tiny\.onnx"):
+            open_engine(str(tmp_path / "tiny.onnx"), backend=backend)
+    # the fast export OpenVINO reads instead of the given file is checked against its own card as well
+    shutil.copyfile(tiny_model["onnx"], tmp_path / "tiny.onnx")
+    write_export_card(tmp_path / "tiny.keras", tmp_path / "tiny.onnx", "onnx", {})
+    shutil.copyfile(tiny_model["onnx"], tmp_path / "tiny_fast.onnx")
+    write_export_card(tmp_path / "tiny.keras", tmp_path / "tiny_fast.onnx", "onnx_fast", {})
+    with open(tmp_path / "tiny_fast.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(EngineError, match=r"tiny_fast\.json: sha256 does not match tiny_fast\.onnx"):
+        open_engine(str(tmp_path / "tiny.onnx"), backend="openvino")
+
+
+def test_the_card_check_hashes_a_file_once_per_version(tiny_model, tmp_path, monkeypatch):
+    from crackseg import card as cards
+
+    shutil.copyfile(tiny_model["onnx"], tmp_path / "tiny.onnx")
+    shutil.copyfile(tiny_model["keras"], tmp_path / "tiny.keras")
+    cards.write_export_card(tmp_path / "tiny.keras", tmp_path / "tiny.onnx", "onnx", {})
+    calls = []
+    real = cards.sha256
+    monkeypatch.setattr(cards, "sha256", lambda path: calls.append(Path(path).name) or real(path))
+    for _ in range(3):
+        open_engine(str(tmp_path / "tiny.onnx"), backend="onnx").close()
+    assert calls.count("tiny.onnx") == 1  # size and mtime unchanged: the cached digest
+    (tmp_path / "tiny.onnx").write_bytes((tmp_path / "tiny.onnx").read_bytes())  # rewritten: hashed again
+    open_engine(str(tmp_path / "tiny.onnx"), backend="onnx").close()
+    assert calls.count("tiny.onnx") == 2
+
+
+def test_a_card_without_hashes_vouches_for_nothing_and_refuses_nothing(tiny_model):
+    engine = open_engine(str(tiny_model["onnx"]), backend="onnx")  # tiny.json: a threshold only
+    assert engine.threshold == TINY_THRESHOLD
+
+
+@pytest.mark.parametrize("f1_delta", [float("nan"), "0.001", True])
+def test_an_int8_card_whose_f1_delta_is_not_a_number_is_unknown_and_auto_does_not_pick_int8(
+        tiny_model, tmp_path, monkeypatch, f1_delta):
+    from crackseg import engines
+
+    monkeypatch.setattr(engines, "int8_units", lambda *a: ["amx_int8"])
+    monkeypatch.setattr(engines, "openvino_capabilities", lambda *a: ("FP32",))
+    given = _int8_beside(tmp_path, tiny_model, 0.0)
+    card = json.loads((tmp_path / "tiny_int8.json").read_text())
+    card["exports"]["onnx_int8"]["validation"]["f1_delta"] = f1_delta
+    (tmp_path / "tiny_int8.json").write_text(json.dumps(card))  # NaN is written as the JSON token NaN
+    precision, reason = engines.auto_precision(str(given))
+    assert precision == "fp32" and "records no validation F1" in reason and "unknown" in reason, reason
