@@ -9,7 +9,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from crackseg.config import configure  # noqa: E402
+from crackseg.config import configure
 
 # data -----------------------------------------------------------------------------------------------------------
 data = "../shared/datasets"       # one or more dataset roots, comma-separated (CrackForest, DeepCrack, images/+masks/)

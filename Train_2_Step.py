@@ -15,7 +15,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from crackseg.config import configure  # noqa: E402
+from crackseg.config import configure
 
 # teacher --------------------------------------------------------------------------------------------------------
 teacher = "runs/teacher/best.keras"   # a Train_1_Step checkpoint; A.keras,B.keras: an ensemble (logits averaged)

@@ -11,21 +11,27 @@
 [0, 1]) or binary masks (0/255, or an 8-bit map holding only 0 and 1); default threshold 0.5.
 Masks: PNG 0/255 or 0/1, or CrackForest .mat. Files are paired by stem; an unpaired, unreadable or wrongly sized
 file stops the run with one line naming it. --subset=LIST evaluates only the images a split list names (ids or
-stems; names of other folders are ignored), e.g. --subset=datasets/splits/val.txt.
+stems; names of other folders are ignored), e.g. --subset=datasets/splits/val.txt; with --data, an id picks its
+sample where two folders hold one stem (DeepCrack's test images reuse train stems).
 --data=ROOT[,ROOT...] replaces --images and --masks: the images and masks of dataset roots in any layout
 crackseg.data reads (--pred files are then paired with their masks by stem). When the images come from several
 datasets (the folder holding each image folder, e.g. CrackForest, DeepCrack), each one is reported too.
-Prints a table (strict / tolerant P R F1 IoU, ODS, OIS, mIoU, images/s) and writes it as JSON with --json
-(per-dataset reports under "by_dataset"). With --model, images/s is the throughput over the whole folder (decode,
-inference and scoring overlapped; --no-throughput: one image after another) and the single-image latency is
-printed beside it. --compare=B: B against --model (A) on the same images, B - A strict / tolerant F1 with a paired
-bootstrap interval overall and per dataset; the JSON holds both reports ("a", "b") and "difference".
+Prints a table (strict / tolerant P R F1 IoU, centreline P R F1, ODS, OIS, mIoU, images/s) and writes it as JSON
+with --json (per-dataset reports under "by_dataset"). With --model, images/s is the throughput over the whole
+folder (decode, inference and scoring overlapped; --no-throughput: one image after another) and the single-image
+latency is printed beside it. --compare=B: B against --model (A) on the same images, B - A strict / tolerant /
+centreline F1 with a paired bootstrap interval overall and per dataset, and each model's balanced val_score (mean
+over datasets of strict F1 at one threshold, the rule training selects by); the JSON holds both reports ("a", "b")
+and "difference".
+Centreline F1 (width-free): both masks thinned to one-pixel skeletons and matched within --distance pixels, so a
+model is not scored on agreeing with an annotation's width (CRACK500 paints full width, CrackForest and AigleRN
+trace 2-3 px lines); crackseg.metrics has the definitions.
 """
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from crackseg.config import configure  # noqa: E402
+from crackseg.config import configure
 
 model = None          # a model file (.keras / .onnx / .engine) ...
 images = None         # ... and its folder of images
@@ -34,7 +40,7 @@ masks = None          # ground-truth folder (both modes)
 data = None           # or, instead of --images / --masks: dataset roots (comma-separated), reported per dataset
 json = None           # write the report here as JSON
 threshold = None      # None: the model card's (--model) or 0.5
-distance = 2          # tolerance of the tolerant metrics (Chebyshev pixels)
+distance = 2          # tolerance of the tolerant and centreline metrics (Chebyshev pixels)
 backend = "auto"      # --model only: auto (CPU: openvino) | keras | onnx | openvino | tensorrt
 precision = "auto"    # --model only: auto (the fastest accurate one for this CPU: int8 with VNNI / AMX / AVX2 when
                       # the int8 model's card is within 0.5 pt F1, else bf16, else fp32; the model: line says why) |

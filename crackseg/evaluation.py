@@ -25,7 +25,7 @@ import numpy as np
 
 from .data import IMAGE_EXTS, MASK_EXTS, DataError, Sample, decode_file, find_samples, load_pair, read_mask
 from .engines import Engine, open_engine
-from .metrics import MetricAccumulator, format_report, paired_f1_difference
+from .metrics import MetricAccumulator, balanced_threshold, format_report, paired_f1_difference
 
 PRED_EXTS = (".png", ".bmp", ".tif", ".tiff")  # lossless formats only: a JPEG probability map is not a prediction
 
@@ -67,11 +67,7 @@ def files_by_stem(folder: str | Path, exts: tuple[str, ...], what: str) -> dict[
 
 def read_subset(path: str | Path) -> set[str]:
     """Stems named by a split list file (ids like ``DeepCrack/train_img/11111.jpg`` or bare stems)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: subset list not found")
-    lines = [line.strip() for line in path.read_text().splitlines()]
-    return {Path(line).stem for line in lines if line and not line.startswith("#")}
+    return {Path(line).stem for line in _subset_lines(path)}
 
 
 def pair_files(inputs: dict[str, Path], truths: dict[str, Path], what: str,
@@ -109,21 +105,52 @@ def folder_pairs(inputs: str | Path, masks: str | Path, what: str = "image",
 
 def dataset_pairs(data: str, predictions: str | Path | None = None, subset: str | Path | None = None) -> list[Pair]:
     """The samples of the comma-separated dataset roots ``data``: each image with its mask, or with
-    ``predictions`` the prediction file of the image's stem in that folder instead of the image."""
+    ``predictions`` the prediction file of the image's stem in that folder instead of the image. ``subset``: a
+    split list; a line naming a sample's id (``DeepCrack/train_img/11289-1.jpg``) picks that sample even where
+    another folder has an image of the same stem (DeepCrack's official test images reuse train stems); a bare stem
+    must name one sample."""
+    found = [sample for root in (r.strip() for r in data.split(",") if r.strip()) for sample in find_samples(root)]
+    only = None
+    if subset:
+        ids = _subset_lines(subset)
+        by_id = {sample.id for sample in found}
+        stems = {Path(line).stem for line in ids if line not in by_id}  # bare stems (or ids of other roots)
+        found = [sample for sample in found if sample.id in ids or sample.image.stem in stems]
+        only = {sample.image.stem for sample in found}
+        if not found:
+            raise DataError(f"{subset}: names none of the samples in {data}")
     samples: dict[str, Sample] = {}
-    for root in (r.strip() for r in data.split(",") if r.strip()):
-        for sample in find_samples(root):
-            stem = sample.image.stem
-            if stem in samples:
-                raise DataError(f"{sample.image}: two samples with stem {stem!r} ({samples[stem].image})")
-            samples[stem] = sample
+    for sample in found:
+        stem = sample.image.stem
+        if stem in samples:
+            raise DataError(f"{sample.image}: two samples with stem {stem!r} ({samples[stem].image})")
+        samples[stem] = sample
     if predictions is None:
         what, inputs = "image", {stem: s.image for stem, s in samples.items()}
     else:
         what, inputs = "prediction", files_by_stem(predictions, PRED_EXTS, "prediction")
-    matched = pair_files(inputs, {stem: s.mask for stem, s in samples.items()}, what,
-                         read_subset(subset) if subset else None)
+    matched = pair_files(inputs, {stem: s.mask for stem, s in samples.items()}, what, only)
     return [Pair(stem, source, mask, _dataset_of(samples[stem].image.parent)) for stem, source, mask in matched]
+
+
+def sample_pairs(samples: list[Sample]) -> list[Pair]:
+    """Pairs of ``crackseg.data`` samples (e.g. ``load_split(...)["val"]``), each with its dataset's name."""
+    pairs, seen = [], {}
+    for sample in samples:
+        stem = sample.image.stem
+        if stem in seen:
+            raise DataError(f"{sample.image}: two samples with stem {stem!r} ({seen[stem]})")
+        seen[stem] = sample.image
+        pairs.append(Pair(stem, sample.image, sample.mask, _dataset_of(sample.image.parent)))
+    return pairs
+
+
+def _subset_lines(path: str | Path) -> set[str]:
+    """The names (ids or stems) of a split list file, comments and blank lines left out."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: subset list not found")
+    return {line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
 
 
 def balanced_subset(samples: list, per_dataset: int) -> list:
@@ -209,6 +236,13 @@ class DatasetReports:
         if self.seconds:
             report["fps"] = report["images"] / seconds if seconds > 0 else 0.0
         return report
+
+    def curves(self) -> dict[str, np.ndarray]:
+        """Per dataset, (tp, fp, fn) summed at every threshold (``metrics.balanced_threshold``'s input); one
+        "dataset" of all images when reports are not split by dataset."""
+        if self.datasets:
+            return {name: acc.per_threshold for name, acc in self.datasets.items()}
+        return {"all": self.overall.per_threshold}
 
     def result(self, image_counts: bool = False) -> dict:
         """``MetricAccumulator.result()`` fields (+ ``fps``), and ``by_dataset``: ``{name: the same fields}``;
@@ -322,7 +356,9 @@ def compare_models(model_a: str | Path, model_b: str | Path, pairs: list[Pair], 
                    distance: int = 2, backend: str = "auto", precision: str = "fp32") -> dict:
     """Two model files on the same images (each at its card's threshold unless ``threshold``), and B minus A with a
     paired bootstrap interval (``metrics.paired_f1_difference``), overall and per dataset: finer than comparing two
-    separate intervals, because both models meet the same hard and easy images in every resample. Returns
+    separate intervals, because both models meet the same hard and easy images in every resample. Each report also
+    has ``val_score``: the mean over datasets of strict F1 at the one threshold maximising it
+    (``metrics.balanced_threshold``, training's rule) and that threshold (``val_score_threshold``). Returns
     ``{"a": report, "b": report, "difference": {..., "by_dataset": {name: {...}}}}``."""
     by_dataset = spans_datasets(pairs)
     with open_engine(str(model_a), backend, threshold, precision) as engine_a, \
@@ -334,9 +370,12 @@ def compare_models(model_a: str | Path, model_b: str | Path, pairs: list[Pair], 
                 reports[key].update(engine.predict(item.image), item.truth, item.dataset)
         out = {}
         for key, model, engine in (("a", model_a, engine_a), ("b", model_b, engine_b)):
+            # val_score: training's balanced rule on these images (mean over datasets of strict F1 at one threshold)
+            choice = balanced_threshold(reports[key].curves())
             out[key] = {**reports[key].result(), "model": str(model), "backend": engine.backend,
                         "precision": engine.precision, "precision_choice": engine.choice,
-                        "described": engine.describe()}
+                        "described": engine.describe(), "val_score": choice["mean_f1"],
+                        "val_score_threshold": choice["threshold"]}
     a, b = reports["a"], reports["b"]
     difference = paired_f1_difference(a.overall.image_counts, b.overall.image_counts)
     if a.datasets is not None and b.datasets is not None:
@@ -347,22 +386,27 @@ def compare_models(model_a: str | Path, model_b: str | Path, pairs: list[Pair], 
 
 
 def format_comparison(comparison: dict) -> str:
-    """Both models' strict / tolerant F1 and B - A with its paired interval, one line overall and one per dataset."""
+    """Both models' strict F1 and B - A strict / tolerant / centreline F1 with its paired interval, one line overall
+    and one per dataset; then each model's balanced val_score when the comparison has it."""
     a, b, d = comparison["a"], comparison["b"], comparison["difference"]
     lines = [f"A: {a['model']} (threshold {a['threshold']:.2f})", f"B: {b['model']} (threshold {b['threshold']:.2f})",
              f"B - A, paired over the same images ({d['level']:.0%} bootstrap interval, {d['resamples']} resamples):",
              f"{'':<14}{'images':>7}  {'strict A':>8} {'strict B':>8}  {'B - A [interval]':<28}"
-             f"{'tolerant B - A [interval]':<28}{'P(B > A)':>8}"]
+             f"{'tolerant B - A [interval]':<28}{'centreline B - A [interval]':<30}{'P(B > A)':>8}"]
 
     def row(name: str, ra: dict, rb: dict, diff: dict) -> str:
         s, t = diff["strict_f1"], diff["tolerant_f1"]
         span = lambda x: f"{x['difference']:+.4f} [{x['interval'][0]:+.4f}, {x['interval'][1]:+.4f}]"  # noqa: E731
+        c = span(diff["centreline_f1"]) if "centreline_f1" in diff else "-"
         return (f"{name:<14}{diff['images']:>7}  {ra['strict']['f1']:>8.4f} {rb['strict']['f1']:>8.4f}  "
-                f"{span(s):<28}{span(t):<28}{s['b_better']:>8.3f}")
+                f"{span(s):<28}{span(t):<28}{c:<30}{s['b_better']:>8.3f}")
 
     lines.append(row("all", a, b, d))
     for name, part in d.get("by_dataset", {}).items():
         lines.append(row(name, a["by_dataset"][name], b["by_dataset"][name], part))
+    if "val_score" in a and "val_score" in b:
+        lines.append(f"balanced val_score (mean over datasets of strict F1 at one threshold): A {a['val_score']:.4f} "
+                     f"(t={a['val_score_threshold']:.2f}), B {b['val_score']:.4f} (t={b['val_score_threshold']:.2f})")
     return "\n".join(lines)
 
 

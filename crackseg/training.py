@@ -19,9 +19,9 @@ from typing import Callable
 import keras
 import numpy as np
 
-from .errors import TrainingError  # noqa: F401  (raised here; defined without dependencies)
+from .errors import TrainingError  # raised here; defined without dependencies
 from .io import atomic_path, atomic_write_json, atomic_write_text
-from .keras_io import predict_probabilities  # noqa: F401  (the one Keras predict path)
+from .keras_io import predict_probabilities  # the one Keras predict path
 from .metrics import balanced_threshold, dataset_curves, rule_score
 from .preprocess import prepare
 from .viz import plot_curves, save_image, side_by_side

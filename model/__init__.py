@@ -13,7 +13,8 @@ from .network import (HEADS, NUM_CLASSES, PRESETS, Preset, build_logits_model, b
 from .profile import count_flops, profile
 from .teachers import TEACHERS, TeacherPreset, is_teacher, load_encoder_weights, pretrained_facts
 
-__all__ = ["AttentionGate", "BilinearUpsample", "CropLike", "PadToMultiple", "CrackProbability", "InstanceNorm", "TemperatureSoftmax", "HEADS", "NUM_CLASSES",
-           "PRESETS", "Preset", "build_logits_model", "build_model", "copy_weights", "deploy_model", "infer_preset",
-           "interpolate_weights", "logits_model_of", "resolve_preset", "with_heads", "count_flops", "profile",
-           "TEACHERS", "TeacherPreset", "is_teacher", "load_encoder_weights", "pretrained_facts"]
+__all__ = ["AttentionGate", "BilinearUpsample", "CropLike", "PadToMultiple", "CrackProbability", "InstanceNorm",
+           "TemperatureSoftmax", "HEADS", "NUM_CLASSES", "PRESETS", "Preset", "build_logits_model", "build_model",
+           "copy_weights", "deploy_model", "infer_preset", "interpolate_weights", "logits_model_of", "resolve_preset",
+           "with_heads", "count_flops", "profile", "TEACHERS", "TeacherPreset", "is_teacher", "load_encoder_weights",
+           "pretrained_facts"]

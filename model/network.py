@@ -40,7 +40,8 @@ PRESETS: dict[str, Preset] = {
     # The paper's networks.
     "teacher": Preset(width=64, blocks=8, dropout=0.5),
     "student": Preset(width=16, blocks=4),
-    # A teacher that trains on 2 CPU cores: 1.5x the student's width, 6 blocks, lighter dropout (see README for its cost).
+    # A teacher that trains on 2 CPU cores: 1.5x the student's width, 6 blocks, lighter dropout
+    # (see README for its cost).
     "teacher_cpu": Preset(width=24, blocks=6, dropout=0.2),
 }
 
@@ -203,7 +204,8 @@ def copy_weights(source: keras.Model, target: keras.Model) -> int:
     """Copy weights layer by layer, matched by name, from ``source`` into every ``target`` layer that has weights.
 
     Works between any two models of one architecture, MCFF-L or a pretrained teacher (training heads, logits-only,
-    deployed mix head: MCFF-L's mix head needs all three paths). Returns the number of layers copied; ValueError names a mismatch.
+    deployed mix head: MCFF-L's mix head needs all three paths). Returns the number of layers copied; ValueError names a
+    mismatch.
     """
     layers_by_name = {layer.name: layer for layer in source.layers}
     copied = 0

@@ -1,6 +1,6 @@
-"""Four-dataset candidate (measured, not shipped: it loses DeepCrack), stage 4 (Train_3_Step.py): all four datasets (datasets/splits: AigleRN, CRACK500, CrackForest,
-DeepCrack), tiles drawn per dataset by the square root of its size, the full augmentation, from stage 3; 2 epochs
-of 1000 tiles, no teacher, BCE + Dice with crack weight 3.
+"""Four-dataset candidate (measured, not shipped: it loses DeepCrack), stage 4 (Train_3_Step.py): all four datasets
+(datasets/splits: AigleRN, CRACK500, CrackForest, DeepCrack), tiles drawn per dataset by the square root of its size,
+the full augmentation, from stage 3; 2 epochs of 1000 tiles, no teacher, BCE + Dice with crack weight 3.
 
     python Train_3_Step.py recipes/student_stage4_mixed.py
 

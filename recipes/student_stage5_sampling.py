@@ -1,10 +1,11 @@
-"""Four-dataset candidate (measured, not shipped: it loses DeepCrack), stage 5 (Train_3_Step.py): one more epoch of 1000 tiles on the four datasets from stage 4's
-best checkpoint (all five heads), with the sampling that won the sampling A/B (sqrt vs equal).
+"""Four-dataset candidate (measured, not shipped: it loses DeepCrack), stage 5 (Train_3_Step.py): one more epoch of 1000
+tiles on the four datasets from stage 4's best checkpoint (all five heads), with the sampling that won the sampling A/B
+(sqrt vs equal).
 
     python Train_3_Step.py recipes/student_stage5_sampling.py
 
-As run (RESULTS.md, "Four-dataset student"): two arms, --sampling=sqrt | equal, --init=runs/mix_aug/best.keras, 40 epochs
-under a 1-minute limit (= one epoch); here epochs = 1. Ship it with
+As run (RESULTS.md, "Four-dataset student"): two arms, --sampling=sqrt | equal, --init=runs/mix_aug/best.keras, 40
+epochs under a 1-minute limit (= one epoch); here epochs = 1. Ship it with
 scripts/ship.py only if it passes the DeepCrack guard.
 """
 # data

@@ -75,6 +75,10 @@ def test_hand_computed_numbers(hand_made):
     # OIS: a best 8/9 (tp 4 fp 1 fn 0), b never a tp -> 0, c exact -> 1
     assert r["ois_f1"] == pytest.approx((8 / 9 + 0 + 1) / 3)
     assert "ODS F1 0.7692" in result.stdout
+    # centreline (d = 2): 1-px lines are their own skeletons. a: 3 of the 4 predicted skeleton pixels near the
+    # truth, 4 of 4 true ones hit; b and c: 1 of 1 each way. P 5/6, R 6/6, F1 10/11
+    assert r["centreline"] == pytest.approx({"precision": 5 / 6, "recall": 1.0, "f1": 10 / 11, "distance": 2})
+    assert "cl(d=2)" in result.stdout and "centreline F1" in result.stdout
 
 
 def test_threshold_override(hand_made):
@@ -134,6 +138,26 @@ def test_subset_list_and_crackforest_mat(hand_made, tmp_path):
     r = json.loads((tmp_path / "r.json").read_text())
     # a + c only: strict tp 3 + 1, fp 1, fn 1
     assert r["images"] == 2 and r["strict"]["precision"] == pytest.approx(4 / 5)
+
+
+def test_subset_ids_pick_one_of_two_samples_with_one_stem(tmp_path):
+    # DeepCrack's official test images reuse train stems: a list naming ids picks the one it names; a bare stem,
+    # or no list, is ambiguous
+    for split, row in (("train", 1), ("test", 6)):
+        truth = np.zeros((8, 8), np.uint8)
+        truth[row, 1:5] = 255
+        write_png(tmp_path / "DeepCrack" / f"{split}_img" / "11289-1.png", np.full((8, 8, 3), 128, np.uint8))
+        write_png(tmp_path / "DeepCrack" / f"{split}_lab" / "11289-1.png", truth)
+    listing = tmp_path / "test.txt"
+    listing.write_text("DeepCrack/test_img/11289-1.png\n")
+    (pair,) = dataset_pairs(str(tmp_path), subset=listing)
+    assert pair.source == tmp_path / "DeepCrack" / "test_img" / "11289-1.png" and pair.dataset == "DeepCrack"
+    assert "test_lab" in str(pair.mask)
+    for text in ("11289-1\n", None):
+        if text:
+            listing.write_text(text)
+        with pytest.raises(evaluation.DataError, match="two samples with stem"):
+            dataset_pairs(str(tmp_path), subset=listing if text else None)
 
 
 @pytest.fixture(scope="module")
@@ -285,14 +309,20 @@ def test_compare_models_pairs_the_same_images_per_dataset(two_datasets, monkeypa
     monkeypatch.setattr(evaluation, "open_engine", lambda model, *args: engines[str(model)])
     c = compare_models("blind", "dark", dataset_pairs(two_datasets["roots"]))
     assert c["a"]["strict"]["f1"] == 0.0 and c["b"]["threshold"] == 0.4 and c["b"]["model"] == "dark"
-    _check_by_dataset({k: v for k, v in c["b"].items() if k not in ("precision", "precision_choice", "described")})
+    _check_by_dataset({k: v for k, v in c["b"].items() if k not in ("precision", "precision_choice", "described",
+                                                                    "val_score", "val_score_threshold")})
     d = c["difference"]
     assert d["images"] == 3 and d["strict_f1"]["difference"] == pytest.approx(10 / 22)
     assert d["strict_f1"]["interval"][0] == 0.0 and d["strict_f1"]["interval"][1] == 1.0  # resample DeepCrack only
     cf, dc = d["by_dataset"]["CrackForest"], d["by_dataset"]["DeepCrack"]
     assert cf["strict_f1"] == {"difference": 1.0, "interval": [1.0, 1.0], "b_better": 1.0}
     assert dc["strict_f1"] == {"difference": 0.0, "interval": [0.0, 0.0], "b_better": 0.0}
+    # val_score, training's balanced rule: A finds nothing at any threshold (0, 0); B: CrackForest 1, DeepCrack 0
+    assert c["a"]["val_score"] == 0.0 and c["b"]["val_score"] == pytest.approx(0.5)
+    assert cf["centreline_f1"]["difference"] == 1.0 and dc["centreline_f1"]["difference"] == 0.0
     table = format_comparison(c)
+    assert "balanced val_score (mean over datasets of strict F1 at one threshold): A 0.0000" in table
+    assert "centreline B - A [interval]" in table
     assert "B - A, paired over the same images (95% bootstrap interval, 1000 resamples)" in table
     assert "CrackForest         2    0.0000   1.0000  +1.0000 [+1.0000, +1.0000]" in table
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crackseg.metrics import (MetricAccumulator, counts, dilate, evaluate_arrays, f1_interval, format_report,
-                              paired_f1_difference, scores)
+from crackseg.metrics import (MetricAccumulator, centreline, counts, dilate, evaluate_arrays, f1_interval,
+                              format_report, paired_f1_difference, scores)
 
 
 def _mask(shape, *pixels):
@@ -89,6 +89,87 @@ def test_dilate_is_a_square():
     d = dilate(_mask((9, 9), (4, 4)), 2)
     assert d.sum() == 25 and d[2:7, 2:7].all()
     assert dilate(_mask((3, 3), (1, 1)), 0).sum() == 1
+
+
+# ---------------------------------------------------------------------------------------------- centreline
+def _line(shape, row, cols):
+    """A one-pixel horizontal line: its own skeleton."""
+    m = np.zeros(shape, bool)
+    m[row, cols[0]:cols[1] + 1] = True
+    return m
+
+
+def test_centreline_of_a_one_pixel_line_is_the_line():
+    line = _line((12, 30), 5, (2, 11))
+    assert np.array_equal(centreline(line), line)
+    assert not centreline(np.zeros((4, 4), bool)).any()
+
+
+def test_centreline_ignores_width():
+    # truth: a 5 px wide band (rows 3-7, cols 2-17), thinned to its middle row (shortened by at most 2 px at each
+    # end); prediction: the 16 px middle line. Every skeleton pixel of each lies within 2 px of the other's: P = R
+    # = 1, while strict F1 = 2 * 16 / (16 + 80) = 1/3 (16 of the band's 80 pixels found).
+    truth = np.zeros((11, 20), bool)
+    truth[3:8, 2:18] = True
+    pred = _line((11, 20), 5, (2, 17))
+    s = _score(pred, truth)
+    assert s["strict"]["f1"] == pytest.approx(1 / 3)
+    assert s["centreline"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+
+
+def test_centreline_counts_by_hand():
+    # truth: row 5, cols 2-11 (10 px). prediction: the same line 2 px lower (all within 2 px) plus a far vertical
+    # 5 px line at col 25 -> cl_tp 10 of cl_pred 15, all 10 true skeleton pixels hit: P 2/3, R 1, F1 0.8; strict 0
+    truth = _line((12, 30), 5, (2, 11))
+    pred = _line((12, 30), 7, (2, 11))
+    pred[1:6, 25] = True
+    c = counts(pred, truth)
+    assert (c["cl_tp"], c["cl_pred"], c["cl_hit"], c["cl_truth"]) == (10, 15, 10, 10)
+    s = scores(c)
+    assert s["strict"]["f1"] == 0.0
+    assert s["centreline"]["precision"] == pytest.approx(2 / 3) and s["centreline"]["recall"] == 1.0
+    assert s["centreline"]["f1"] == pytest.approx(0.8)
+
+
+def test_centreline_tolerance_is_2_px():
+    truth = _line((12, 30), 5, (2, 11))
+    assert _score(_line((12, 30), 8, (2, 11)), truth)["centreline"]["f1"] == 0.0  # 3 px away: nothing matches
+    # half the crack found: P 5/5; true pixels within 2 px of cols 2-6 are cols 2-8: R 7/10, F1 2 * 0.7 / 1.7
+    s = _score(_line((12, 30), 5, (2, 6)), truth)["centreline"]
+    assert (s["precision"], s["recall"]) == (1.0, pytest.approx(0.7)) and s["f1"] == pytest.approx(14 / 17)
+
+
+def test_centreline_empty_cases():
+    empty, line = np.zeros((12, 30), bool), _line((12, 30), 5, (2, 11))
+    assert _score(empty, empty)["centreline"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+    assert _score(line, empty)["centreline"]["f1"] == 0.0
+    assert _score(empty, line)["centreline"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+def test_centreline_is_summed_over_images_with_its_interval():
+    # image 1 as in test_centreline_counts_by_hand (10, 15, 10, 10); image 2 misses a 10 px crack (0, 0, 0, 10):
+    # P 10/15, R 10/20, F1 2 * (2/3) * (1/2) / (7/6) = 4/7
+    truth = _line((12, 30), 5, (2, 11))
+    pred = _line((12, 30), 7, (2, 11))
+    pred[1:6, 25] = True
+    r = evaluate_arrays([pred.astype(np.float32), np.zeros((12, 30), np.float32)], [truth, truth])
+    assert r["centreline"]["precision"] == pytest.approx(2 / 3) and r["centreline"]["recall"] == pytest.approx(0.5)
+    assert r["centreline"]["f1"] == pytest.approx(4 / 7) and r["centreline"]["distance"] == 2
+    assert r["interval"]["centreline_f1"] == pytest.approx([0.0, 0.8])  # resamples: image 2 twice / image 1 twice
+    table = format_report(r)
+    assert "cl(d=2)" in table and "centreline F1 0.0000-0.8000" in table
+
+
+def test_rows_without_centreline_columns_still_resample():
+    # rows saved before the centreline metric (7 columns) give strict / tolerant intervals only, also paired with
+    # 11-column rows of the same images
+    old = np.array([(3, 1, 2, 4, 0, 5, 5)] * 4)
+    new = np.array([(3, 1, 2, 4, 0, 5, 5, 6, 8, 6, 6)] * 4)
+    assert "centreline_f1" not in f1_interval(old)
+    assert f1_interval(new)["centreline_f1"] == pytest.approx([12 / 14, 12 / 14])  # P 6/8, R 1: F1 6/7
+    d = paired_f1_difference(old, new)
+    assert "centreline_f1" not in d and d["strict_f1"]["interval"] == [0.0, 0.0]
+    assert paired_f1_difference(new, new)["centreline_f1"]["interval"] == [0.0, 0.0]
 
 
 # ---------------------------------------------------------------------------------------------- empty cases

@@ -37,8 +37,8 @@ def make_stage(root: Path, name: str, net, init: Path | None = None, done: int =
     deploy = root / f"{name}.keras"
     net.save(deploy)
     config = {"epochs": epochs, "deploy": str(deploy), "recipe": [f"recipes/{name}.py"], "strategy": "none",
-              "alpha": 0.0, "loss": "bce_dice", "optimizer": "adam", "lr": 1e-4, "lists": "none", "init": str(init or ""),
-              "max_minutes": max_minutes}
+              "alpha": 0.0, "loss": "bce_dice", "optimizer": "adam", "lr": 1e-4, "lists": "none",
+              "init": str(init or ""), "max_minutes": max_minutes}
     (run / "config.json").write_text(json.dumps(config))
     state = {"epoch": done, "best": 0.25 + done / 100, "monitor": "val_score", "history": [],
              "callbacks": [{}, {"stopped_epoch": 0}]}
@@ -159,7 +159,8 @@ def test_ablation_choice_names_the_chosen_run_and_its_gain(chain, tmp_path):
             ablation_choice(path)
     result = run_script("scripts/ship.py", f"--ablation={path}", f"--model={chain['second']}", timeout=120)
     err = result.stderr.strip()
-    assert result.returncode == 1 and err.startswith("error:") and "without --model" in err and len(err.splitlines()) == 1
+    assert (result.returncode == 1 and err.startswith("error:") and "without --model" in err
+            and len(err.splitlines()) == 1)
 
 
 def test_ship_writes_model_card_and_exports_then_skips_a_second_time(chain, synthetic_data):
@@ -192,10 +193,87 @@ def test_a_failed_export_check_changes_nothing(chain, tmp_path):
     for name, data in old.items():
         (weights / name).write_bytes(data)
     result = run_script("scripts/ship.py", f"--model={chain['second']}", f"--weights_dir={weights}",
-                        f"--data={tmp_path / 'no_such_data'}", "--lists=none", "--no-cpu_int8", "--no-fast")
+                        f"--data={tmp_path / 'no_such_data'}", "--lists=none", "--no-cpu_int8", "--no-fast",
+                        "--no-rule")  # the export check is under test here, not the ship rule
     assert result.returncode == 1
     assert "nothing in" in result.stderr and "was changed" in result.stderr
     assert {p.name: p.read_bytes() for p in weights.iterdir()} == old  # staging folder gone, files untouched
+
+
+# ---------------------------------------------------------------------------------------------- ship rule
+def _table(shipped: float, candidate: float, **rows: tuple[float, float]) -> dict:
+    """A hand-made comparison table: val_scores, and per dataset (difference, interval low); interval high = low
+    + 0.1, strict F1 0.5 shipped."""
+    return {"val_score": {"shipped": shipped, "candidate": candidate},
+            "by_dataset": {name: {"images": 30, "shipped_f1": 0.5, "candidate_f1": 0.5 + diff, "difference": diff,
+                                  "interval": [low, low + 0.1]} for name, (diff, low) in rows.items()}}
+
+
+def test_ship_rule_passes_a_higher_score_worse_nowhere_beyond_noise():
+    from crackseg.ship_rule import decide, format_decision
+
+    # DeepCrack is 3 pt lower, but its interval [-0.08, +0.02] reaches 0: noise, not a loss
+    d = decide(_table(0.60, 0.62, DeepCrack=(-0.03, -0.08), CRACK500=(0.2, 0.15)))
+    assert d["ships"] and d["reasons"] == [] and d["worse"] == []
+    assert "verdict: ships" in format_decision(d)
+
+
+def test_ship_rule_refuses_a_score_that_is_not_higher():
+    from crackseg.ship_rule import decide
+
+    for candidate in (0.60, 0.59):  # equal is not higher
+        d = decide(_table(0.60, candidate, DeepCrack=(0.01, -0.04), CRACK500=(0.02, -0.03)))
+        assert not d["ships"] and d["worse"] == [] and len(d["reasons"]) == 1 and d["reasons"][0].startswith("(a)")
+
+
+def test_ship_rule_refuses_a_dataset_worse_beyond_noise_with_the_table():
+    from crackseg.ship_rule import decide, format_decision
+
+    # the mean rose (CRACK500 +0.44) while DeepCrack fell 0.13 with its whole interval below 0: refused on (b)
+    d = decide(_table(0.54, 0.64, DeepCrack=(-0.13, -0.19), CRACK500=(0.44, 0.42), AigleRN=(0.0, -0.05)))
+    assert not d["ships"] and d["worse"] == ["DeepCrack"] and len(d["reasons"]) == 1
+    assert d["reasons"][0] == "(b) DeepCrack: strict F1 -0.1300, interval [-0.1900, -0.0900] wholly below 0"
+    table = format_decision(d)
+    assert "DeepCrack          30   0.5000     0.3700  -0.1300 [-0.1900, -0.0900]  worse beyond noise" in table
+    assert "AigleRN" in table and "verdict: refused" in table
+    both = decide(_table(0.54, 0.50, DeepCrack=(-0.13, -0.19)))
+    assert [r[:3] for r in both["reasons"]] == ["(a)", "(b)"]
+
+
+def test_ship_rule_reads_compare_models_output():
+    from crackseg.ship_rule import ShipRuleError, comparison_table, decide
+
+    report = lambda f1, score: {"strict": {"f1": f1}, "threshold": 0.5, "val_score": score,  # noqa: E731
+                                "by_dataset": {"DeepCrack": {"strict": {"f1": f1}}}}
+    part = {"images": 30, "strict_f1": {"difference": 0.1, "interval": [0.02, 0.2], "b_better": 0.99}}
+    comparison = {"a": report(0.7, 0.6), "b": report(0.8, 0.7),
+                  "difference": {**part, "by_dataset": {"DeepCrack": part}}}
+    table = comparison_table(comparison)
+    assert table["by_dataset"]["DeepCrack"] == {"images": 30, "shipped_f1": 0.7, "candidate_f1": 0.8,
+                                                "difference": 0.1, "interval": [0.02, 0.2]}
+    assert decide(table)["ships"]
+    with pytest.raises(ShipRuleError, match="lacks"):
+        comparison_table({"a": {}, "b": {}})
+
+
+def test_ship_refuses_a_candidate_no_better_than_the_shipped_student(chain, tiny_net, synthetic_data):
+    """The same weights saved twice (distinct bytes): the same val_score, so (a) fails and nothing is replaced."""
+    import time
+
+    weights = chain["root"] / "weights"
+    weights.mkdir()
+    time.sleep(1.1)  # a .keras file records the second it was saved: a later save has other bytes, same weights
+    tiny_net.save(weights / "student.keras")
+    write_card(weights / "student.keras", {"threshold": 0.4})
+    assert sha256(weights / "student.keras") != sha256(chain["second"])
+    before = {p.name: p.read_bytes() for p in weights.iterdir()}
+    result = run_script("scripts/ship.py", f"--model={chain['second']}", f"--weights_dir={weights}",
+                        f"--data={synthetic_data}", "--lists=none", "--no-cpu_int8", "--no-fast")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    err = result.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: the ship rule keeps") and "(a) balanced val_score" in err
+    assert "verdict: refused" in result.stdout and "candidate - shipped [interval]" in result.stdout
+    assert {p.name: p.read_bytes() for p in weights.iterdir()} == before
 
 
 # ---------------------------------------------------------------------------------------------- train_shipped
@@ -313,7 +391,147 @@ def test_history_goes_through_a_runs_best_checkpoint(tmp_path, tiny_net):
     fifth = make_stage(tmp_path, "stage5", tiny_net, init=best)
     stages = stage_history(fifth)
     assert [s["model"] for s in stages] == [str(first), str(best), str(fifth)]
-    assert stages[1]["run"] == str(tmp_path / "stage4") and stages[1]["epochs"] == 2 and "best.keras" in stages[1]["checkpoint"]
+    assert (stages[1]["run"] == str(tmp_path / "stage4") and stages[1]["epochs"] == 2
+            and "best.keras" in stages[1]["checkpoint"])
     assert stages[1]["sha256"] == sha256(best) == stages[2]["initial_weights_sha256"]
     assert stages[1]["initial_weights_sha256"] == sha256(first) and stages[1]["threshold"] == 0.4
     assert fourth.is_file()
+
+
+# ---------------------------------------------------------------------------------------------- hand-over
+# ship() in a process of its own, TensorRT.py replaced by a stand-in that writes the exports and their card entries,
+# SIGKILLed right before its Nth rename (os.replace / os.rename / the folder exchange): no finally block runs, as in
+# a real kill. argv: N (0: never), model, weights folder, "exchange" or "no-exchange" (a file system without one).
+KILL_DRIVER = r"""
+import errno, os, signal, subprocess, sys
+from pathlib import Path
+from crackseg import shipping
+from crackseg.card import write_export_card
+
+kill_at, model, weights, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+calls = [0]
+
+def counted(real):
+    def step(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return step
+
+def fake_tensorrt(command, cwd=None, **kwargs):
+    args = dict(a[2:].split("=", 1) for a in command[2:] if a.startswith("--") and "=" in a)
+    keras, onnx = Path(args["model"]), Path(args["onnx"])
+    onnx.write_bytes(b"new onnx")
+    write_export_card(keras, onnx, "onnx", {})
+    fast = onnx.with_name(onnx.stem + "_fast.onnx")
+    fast.write_bytes(b"new fast onnx")
+    write_export_card(keras, fast, "onnx_fast", {})
+    return subprocess.CompletedProcess(command, 0)
+
+def no_exchange(a, b):
+    raise OSError(errno.EINVAL, "no RENAME_EXCHANGE on this file system")
+
+shipping.subprocess.run = fake_tensorrt
+os.replace, os.rename = counted(os.replace), counted(os.rename)
+if hasattr(shipping, "exchange"):
+    shipping.exchange = no_exchange if mode == "no-exchange" else counted(shipping.exchange)
+shipping.ship(model, weights, data="unused", lists="none", parity_images=1, fast=True, cpu_int8=False)
+print("SHIPPED")
+"""
+
+
+class _Bytes:
+    """Stands in for a Keras model in ``make_stage``: ``save`` writes fixed bytes (no TensorFlow needed)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def save(self, path) -> None:
+        Path(path).write_bytes(self.data)
+
+
+def _old_weights(folder: Path) -> dict[str, bytes]:
+    """A shipped set as ship.py leaves it (a student, its exports and cards) plus a file of another model."""
+    folder.mkdir(parents=True)
+    (folder / "student.keras").write_bytes(b"old keras")
+    write_card(folder / "student.keras", {"threshold": 0.3})
+    from crackseg.card import write_export_card
+
+    (folder / "student.onnx").write_bytes(b"old onnx")
+    write_export_card(folder / "student.keras", folder / "student.onnx", "onnx", {})
+    (folder / "student_fast.onnx").write_bytes(b"old fast onnx")
+    write_export_card(folder / "student.keras", folder / "student_fast.onnx", "onnx_fast", {})
+    (folder / "teacher.keras").write_bytes(b"teacher")  # not shipped here: must survive every hand-over
+    return _files(folder)
+
+
+def _files(folder: Path) -> dict:
+    """What a folder holds: each file's bytes, a card's fields without its times (each run writes its own)."""
+    def content(path: Path):
+        if path.suffix != ".json":
+            return path.read_bytes()
+        return {k: v for k, v in json.loads(path.read_text()).items() if k not in ("created", "shipped")}
+
+    return {p.name: content(p) for p in folder.iterdir() if p.is_file()}
+
+
+def _leftovers(weights: Path) -> list[str]:
+    return sorted(p.name for p in list(weights.parent.glob(f".{weights.name}.ship*")) + list(weights.glob(".ship*")))
+
+
+def _ship_killed_at(step: int, model: Path, weights: Path, mode: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-c", KILL_DRIVER, str(step), str(model), str(weights), mode], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.parametrize("mode", ["exchange", "no-exchange"])
+def test_a_kill_at_any_step_of_the_hand_over_leaves_the_old_set_or_the_new_one(tmp_path, mode):
+    model = make_stage(tmp_path, "stage", _Bytes(b"new keras"))
+    clean = tmp_path / "clean" / "weights"
+    old = _old_weights(clean)
+    done = _ship_killed_at(0, model, clean, mode)
+    assert done.returncode == 0 and "SHIPPED" in done.stdout, done.stdout + done.stderr
+    new = _files(clean)
+    assert new["student.keras"] == b"new keras" and new["teacher.keras"] == b"teacher" and new != old
+    assert sorted(new) == sorted(old) and not _leftovers(clean)
+    killed = 0
+    for step in range(1, 60):
+        weights = tmp_path / f"kill{step}" / "weights"
+        assert _old_weights(weights) == old
+        result = _ship_killed_at(step, model, weights, mode)
+        if result.returncode == 0:  # past the last rename: nothing left to kill
+            break
+        assert result.returncode == -9, result.stdout + result.stderr
+        killed += 1
+        after = _files(weights)
+        if mode == "exchange":
+            assert after in (old, new), f"killed before rename {step}: a mixed set {sorted(after.items())}"
+        elif after not in (old, new):  # one by one: only once the new set is committed to, completed below
+            assert any((stage / "COMMIT.json").is_file() for stage in weights.parent.glob(f".{weights.name}.ship*"))
+        # the next run sweeps what the killed one left and ends with the new set
+        again = _ship_killed_at(0, model, weights, mode)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert _files(weights) == new and not _leftovers(weights), (step, _leftovers(weights))
+    assert killed >= 5, f"only {killed} kill points"
+
+
+def test_a_live_runs_staging_folder_is_left_alone(tmp_path):
+    from crackseg.shipping import sweep
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    dead = tmp_path / ".weights.ship-dead"
+    (dead / "export").mkdir(parents=True)
+    live = tmp_path / ".weights.ship-live"
+    live.mkdir()
+    import fcntl
+
+    with open(live / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code = ("import sys; from crackseg.shipping import sweep; "
+                f"print(sorted(p.name for p in sweep({str(weights)!r})))")  # another process, as a second run is
+        swept = subprocess.run([PY, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert swept.stdout.strip() == "['.weights.ship-dead']", swept.stdout + swept.stderr
+        assert live.is_dir() and not dead.exists()
+    assert [p.name for p in sweep(weights)] == [".weights.ship-live"]
