@@ -526,6 +526,30 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_model_comparison(models: dict[str, dict]) -> str:
+    """One line per model of a several-model run: what ``--precision=auto`` runs (its marked row, else Keras fp32),
+    its images/s as a ratio to the first model's, and its strict F1 on the benchmark images. Same images, same CPU,
+    same run: the only way speeds of two models compare."""
+    picked = {}
+    for name, measured in models.items():
+        rows = measured.get("rows", [])
+        row = next((r for r in rows if r.get("default")), None) or next(
+            (r for r in rows if r["backend"] == "keras" and r["precision"] == "fp32"), None)
+        if row is not None:
+            picked[name] = row
+    if not picked:
+        return "models: no row measured"
+    base = next(iter(picked.values()))["images_per_s"]
+    lines = [f"{'model':40s} {'row (auto)':22s} {'images/s':>9s} {'vs first':>9s} {'F1':>7s} {'GFLOP/img':>10s}"]
+    for name, row in picked.items():
+        gflop = models[name].get("gflop_per_image")
+        lines.append(f"{name[-40:]:40s} {row['backend'] + ' ' + row['precision'] + ' ' + row.get('graph', ''):22s} "
+                     f"{row['images_per_s']:9.3f} {row['images_per_s'] / base:8.2f}x "
+                     f"{'n/a' if row.get('f1') is None else format(row['f1'], '7.4f')} "
+                     f"{'n/a' if gflop is None else format(gflop, '10.2f')}")
+    return "\n".join(lines)
+
+
 def machine_facts() -> dict:
     """CPU model, core count and the SIMD extensions that decide bf16 / int8 speed (Linux /proc/cpuinfo), and
     ``line``: the one-line form every speed figure is reported with."""
