@@ -263,5 +263,7 @@ def deploy_model(model: keras.Model, head: str = "mix", temperature: float = 1.0
     fresh = logits_model_of(model)
     logits = fresh.get_layer(f"{head}_logits").output
     crack = CrackProbability(temperature, name="crack")(logits)
-    deployed = keras.Model(fresh.input, crack, name="mcff_deploy")
-    return keras.Model(deployed.input, deployed.output, name="mcff_deploy")
+    # a teacher keeps its preset in the name (infer_preset reads it back); MCFF-L models are read from their layers
+    name = fresh.name.replace("_logits", "_deploy") if infer_teacher(fresh) else "mcff_deploy"
+    deployed = keras.Model(fresh.input, crack, name=name)
+    return keras.Model(deployed.input, deployed.output, name=name)

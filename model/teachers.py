@@ -54,7 +54,7 @@ TEACHERS: dict[str, TeacherPreset] = {
     # 1.6x Lite0's encoder cost, ImageNet top-1 77.6 % against 75.1 %: when the budget allows more encoder.
     "lite2_unet": TeacherPreset("efficientnet-lite2", LITE2_STAGES, decoder=(112, 72, 48, 32, 16)),
 }
-NAME_PREFIX = "pretrained_"  # model names: pretrained_<preset>[_logits]; infer_teacher reads the preset back
+NAME_PREFIX = "pretrained_"  # model names: pretrained_<preset>[_logits|_deploy]; infer_teacher reads the preset back
 
 
 def is_teacher(preset) -> bool:
@@ -148,7 +148,7 @@ def infer_teacher(model: keras.Model) -> TeacherPreset | None:
     name = model.name
     if not name.startswith(NAME_PREFIX):
         return None
-    name = name[len(NAME_PREFIX):].removesuffix("_logits")
+    name = name[len(NAME_PREFIX):].removesuffix("_logits").removesuffix("_deploy")
     return TEACHERS.get(name)
 
 

@@ -2,10 +2,12 @@
 
     python Train_2_Step.py recipes/soft_labels.py
 
-The teacher is the shipped one (weights/teacher.keras); the split is the two-dataset one the early stages used
-(DeepCrack + CrackForest: 376 train / 42 val images).
+The teacher is the MCFF-L teacher_cpu (3.6 M) that shipped as weights/teacher.keras until the pretrained
+lite0_unet replaced it; scripts/train_shipped.py (`make weights`) takes it from git history into
+runs/shipped/teacher_mcff.keras (by hand: git show 4cca5c5:weights/teacher.keras > runs/shipped/teacher_mcff.keras).
+The split is the two-dataset one the early stages used (DeepCrack + CrackForest: 376 train / 42 val images).
 """
-teacher = "weights/teacher.keras"
+teacher = "runs/shipped/teacher_mcff.keras"
 temperature = 10.0                    # Train_3's T1 (non-isothermal: 10)
 data = "../shared/datasets"
 lists = "datasets/splits_2set"        # DeepCrack + CrackForest lines of datasets/splits

@@ -6,7 +6,8 @@ resolution (model/teachers.py, preset lite0_unet), trained on DeepCrack, CrackFo
 
 The encoder's BatchNorm stays frozen and its convolutions learn at a tenth of the decoder's rate; every dataset
 gets an equal share of the tiles (the balanced val_score weighs them equally); BCE (pos_weight 5) + soft Dice on
-all four heads. fp32: mixed_bfloat16 trained slower on the AVX-512 BF16 EPYC (RESULTS.md, "The pretrained teacher").
+all four heads. fp32: mixed_bfloat16 was no faster on the AVX-512 BF16 EPYC (1.04x; RESULTS.md, "The pretrained
+teacher", scripts/train_speed.py).
 """
 # data
 data = "../shared/datasets"

@@ -8,8 +8,10 @@ Each stage is its Train script with its recipe file (recipes/*.py) as a subproce
 recipes/student_stage1_kd.py``. A stage whose deployable file and card already exist (soft labels: whose split
 manifests exist) is skipped; an interrupted stage resumes by itself when this runs again. The recipes chain each
 stage's deploy file (stage 4: its best.keras) to the next one's --init under runs/shipped/. The teacher is the
-shipped weights/teacher.keras (Train_1 is not re-run). The last step ships the last stage's deploy file
-(scripts/ship.py: card, exports, checks).
+MCFF-L teacher_cpu that weights/teacher.keras held until the pretrained teacher replaced it (Train_1 is not
+re-run): it is taken from git history (``--teacher_commit``) into runs/shipped/teacher_mcff.keras, its sha256
+checked against the one its card recorded. The last step ships the last stage's deploy file (scripts/ship.py:
+card, exports, checks).
 """
 import os
 import shlex
@@ -33,6 +35,9 @@ ship = True                       # end with scripts/ship.py on the last stage's
 weights_dir = "weights"           # scripts/ship.py --weights_dir
 ship_flags = ""                   # extra flags for scripts/ship.py, e.g. "--no-cpu_int8"
 dry_run = False                   # print the commands only
+teacher_commit = "4cca5c5"        # the git commit whose weights/teacher.keras is the shipped student's teacher
+teacher_file = "runs/shipped/teacher_mcff.keras"  # where recipes/soft_labels.py reads it
+teacher_sha256 = "abb4c08389694f74099c7c8f58487eeabb6f5d412ea86919a0026af4ef9ebc73"  # its card's, as shipped
 
 config = configure(globals(), __doc__)
 
@@ -66,6 +71,29 @@ def plan() -> list[dict]:
     return out
 
 
+def restore_teacher() -> None:
+    """The student's teacher from git history into ``teacher_file`` (atomically), unless it is already there;
+    ConfigError when git cannot give it or its sha256 is not the pinned one."""
+    from crackseg.io import atomic_path, sha256
+
+    dest = Path(teacher_file)
+    if dest.is_file() and sha256(dest) == teacher_sha256:
+        return
+    try:
+        blob = subprocess.run(["git", "show", f"{teacher_commit}:weights/teacher.keras"], cwd=ROOT,
+                              capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise ConfigError(f"cannot take the student's teacher from git ({teacher_commit}:weights/teacher.keras): "
+                          f"{exc}; a full clone (not a shallow one) holds it") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest) as tmp:
+        Path(tmp).write_bytes(blob)
+    if sha256(dest) != teacher_sha256:
+        dest.unlink()
+        raise ConfigError(f"{teacher_commit}:weights/teacher.keras is not the pinned teacher (sha256 differs)")
+    print(f"teacher: {dest} from git {teacher_commit}")
+
+
 def card_matches(model: str) -> bool:
     try:
         read_card(model, verify=True)
@@ -79,6 +107,8 @@ def main() -> int:
     last_deploy = next((s["target"] for s in reversed(steps) if s["script"] == "Train_3_Step.py"), None)
     ship_command = ([sys.executable, "scripts/ship.py", f"--model={last_deploy}", f"--weights_dir={weights_dir}",
                      *shlex.split(ship_flags)] if ship and last_deploy else None)
+    if not dry_run and any(not s["done"] and s["script"] == "Train_2_Step.py" for s in steps):
+        restore_teacher()
     for i, step in enumerate(steps, 1):
         status = f"done ({step['target']} is there), skipped" if step["done"] else "to run"
         print(f"[{i}/{len(steps)}] {step['name']}: {status}\n    $ {shlex.join(step['command'][1:])}", flush=True)

@@ -295,6 +295,23 @@ def test_train_shipped_dry_run_lists_the_stages_in_order():
     assert "scripts/ship.py --model=runs/shipped/student_stage5_sampling.keras" in result.stdout
 
 
+def test_train_shipped_takes_the_students_teacher_from_git_or_says_why_not(tmp_path):
+    """The shipped student's teacher left weights/ for the pretrained one; make weights restores it from history,
+    refusing a commit git does not have or a file whose sha256 is not the pinned one (one line, nothing left)."""
+    dest = tmp_path / "teacher_mcff.keras"
+    common = (f"--teacher_file={dest}", "--stages=Train_2_Step.py:soft_labels", "--no-ship")
+    result = run_script("scripts/train_shipped.py", "--teacher_commit=0000000", *common, timeout=60)
+    assert result.returncode == 1 and not dest.exists()
+    err = result.stderr.strip()
+    assert err.startswith("error: cannot take the student's teacher from git") and len(err.splitlines()) == 1
+    history = subprocess.run(["git", "cat-file", "-e", "4cca5c5:weights/teacher.keras"], cwd=REPO)
+    if history.returncode != 0:
+        pytest.skip("a shallow clone: the commit that holds the old teacher is not here")
+    result = run_script("scripts/train_shipped.py", f"--teacher_sha256={'0' * 64}", *common, timeout=60)
+    assert result.returncode == 1 and not dest.exists()
+    assert "is not the pinned teacher" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_the_shipped_recipes_chain_deploy_to_init():
     from crackseg.config import read_recipe
 
@@ -302,7 +319,7 @@ def test_the_shipped_recipes_chain_deploy_to_init():
              "student_stage5_sampling"]
     recipes = {n: read_recipe(REPO / "recipes" / f"{n}.py") for n in names}
     labels = read_recipe(REPO / "recipes" / "soft_labels.py")
-    assert labels["teacher"] == "weights/teacher.keras" and labels["temperature"] == 10
+    assert labels["teacher"] == "runs/shipped/teacher_mcff.keras" and labels["temperature"] == 10
     assert recipes["student_stage1_kd"]["init"] == ""
     for before, after in zip(names, names[1:]):
         assert recipes[after]["init"] in (recipes[before]["deploy"], recipes[before]["out"] + "/best.keras")
