@@ -324,15 +324,17 @@ def read_list(path: Path, samples: list[Sample]) -> list[Sample]:
 def split_samples(samples: list[Sample], lists: str | Path | None = None, val_fraction: float = 0.1,
                   seed: int = 0) -> dict[str, list[Sample]]:
     """``{"train", "val", "test"}`` samples: from ``train.txt``/``val.txt``/``test.txt`` in ``lists`` when that
-    folder has them, else a deterministic seeded split (``val_fraction`` to val, no test)."""
+    folder has them, else a deterministic seeded split (``val_fraction`` to val) of all but a dataset's official test
+    pairs (DeepCrack's ``test_img/``), which become the test split: a test set never leaks into training."""
     if lists is not None and Path(lists, "train.txt").is_file():
         out = {name: read_list(Path(lists, f"{name}.txt"), samples) if Path(lists, f"{name}.txt").is_file() else []
                for name in SPLITS}
         return out
-    ordered = sorted(samples, key=lambda s: s.id)
+    official_test = sorted((s for s in samples if s.image.parent.name == "test_img"), key=lambda s: s.id)
+    ordered = sorted((s for s in samples if s.image.parent.name != "test_img"), key=lambda s: s.id)
     random.Random(seed).shuffle(ordered)
     n_val = max(1, round(len(ordered) * val_fraction)) if len(ordered) > 1 else 0
-    return {"train": ordered[n_val:], "val": ordered[:n_val], "test": []}
+    return {"train": ordered[n_val:], "val": ordered[:n_val], "test": official_test}
 
 
 def write_list(path: str | Path, samples: list[Sample]) -> None:

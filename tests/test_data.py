@@ -66,6 +66,18 @@ def test_deepcrack_reader(shared_datasets):
 
 
 @needs_shared
+def test_a_seeded_split_keeps_deepcracks_official_test_pairs_out_of_training(shared_datasets):
+    """--lists=none: the 237 test_img pairs are the test split, and the 300 training pairs split 270 / 30 exactly as
+    the repository's seeded DeepCrack lists (made before the test pairs arrived)."""
+    splits = load_split(str(shared_datasets / "DeepCrack"), "none", 0.1, 0)
+    assert len(splits["test"]) == 237 and all(s.id.startswith("test_img/") for s in splits["test"])
+    assert not {s.id for s in splits["train"] + splits["val"]} & {s.id for s in splits["test"]}
+    listed = {line.split("/", 1)[1] for line in (REPO / "datasets" / "splits" / "val.txt").read_text().split()
+              if line.startswith("DeepCrack/")}
+    assert {s.id for s in splits["val"]} == listed
+
+
+@needs_shared
 def test_repository_split_lists_resolve_against_shared_data(shared_datasets):
     """All four sets; DeepCrack and CrackForest keep the earlier 376 / 42 lists, CRACK500 and AigleRN their own."""
     splits = load_split(str(shared_datasets), str(REPO / "datasets" / "splits"))
