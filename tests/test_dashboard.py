@@ -33,8 +33,8 @@ def get(url: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
         return exc.code, exc.read(), dict(exc.headers)
 
 
-def first_event(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def first_event(url: str, timeout: float = 10) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         assert response.headers["Content-Type"].startswith("text/event-stream")
         for raw in response:
             line = raw.decode().strip()

@@ -30,10 +30,10 @@ SIZE = (64, 96)  # H, W of the generated video
 class Script:
     """A script in its own process; stdout lines are collected by a thread so waiting never blocks."""
 
-    def __init__(self, script: str, *args: str):
+    def __init__(self, script: str, *args: str, preexec_fn=None):
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([sys.executable, script, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
         self.lines: queue.Queue[str] = queue.Queue()
         self.out: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()

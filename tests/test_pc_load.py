@@ -5,12 +5,10 @@ rate-limited line each (issue #29, item 3)."""
 from __future__ import annotations
 
 import json
-import queue
 import resource
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
@@ -21,60 +19,24 @@ import zmq
 from conftest import REPO, free_port
 from crackseg.dashboard import Dashboard, DashboardState, LogLimiter, connection_limit
 from crackseg.stream import encode_jpeg, encode_message, make_header
+from test_dashboard import first_event
+from test_deploy import Script
 
 FILE_LIMIT = 256   # the PC.py process's soft and hard RLIMIT_NOFILE: the page must stay well below it
 IDLE = 300         # connections that send nothing (more than the whole limit)
 STALLED = 100      # /events pages that never read
 
 
-class LimitedPC:
+class LimitedPC(Script):
     """PC.py in a process whose open-file limit is ``FILE_LIMIT`` (soft and hard), stdout read by a thread."""
 
     def __init__(self, *args: str):
-        self.proc = subprocess.Popen(
-            [sys.executable, "PC.py", "--headless", "--http=127.0.0.1:0", "--report_every=1", *args], cwd=REPO,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FILE_LIMIT, FILE_LIMIT)))
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.out: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.out.append(line)
-            self.lines.put(line)
-
-    def wait_for(self, text: str, timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            if text in line:
-                return line
-        self.kill()
-        raise AssertionError(f"{text!r} not seen:\n{''.join(self.out)}{self.proc.stderr.read()}")
+        super().__init__("PC.py", "--headless", "--http=127.0.0.1:0", "--report_every=1", *args,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FILE_LIMIT, FILE_LIMIT)))
 
     def web_port(self) -> int:
         line = self.wait_for("dashboard:")
         return int(line.split("http://127.0.0.1:")[1].split("/")[0])
-
-    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"PC.py did not finish:\n{''.join(self.out)}") from None
-        time.sleep(0.05)
-        return self.proc.returncode, "".join(self.out), self.proc.stderr.read()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture
@@ -124,16 +86,6 @@ def stalled_pages(port: int, count: int, opened: list) -> None:
         s.connect(("127.0.0.1", port))
         s.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
         opened.append(s)
-
-
-def first_event(url: str, timeout: float) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        assert response.headers["Content-Type"].startswith("text/event-stream")
-        for raw in response:
-            line = raw.decode().strip()
-            if line.startswith("data: "):
-                return json.loads(line[6:])
-    raise AssertionError("no event")
 
 
 def send_frames(port: int, count: int, device: str = "cam1", every: float = 0.02,
